@@ -1,0 +1,46 @@
+package sphinx
+
+// The geometry of every Sphinx packet mixvpn sends. It follows the Nym
+// network's sizes (κ = 16, at most 5 hops, 2048-byte payload) so that a
+// mixvpn packet is the same length as a NymVPN one. Every size used anywhere
+// in the package is derived here and nowhere else.
+const (
+	// GroupElementSize is the length of an X25519 public value (α).
+	GroupElementSize = 32
+	// MACSize is the length of the truncated HMAC-SHA256 header tag (γ).
+	MACSize = 16
+	// AddressSize is the length of a node or client address.
+	AddressSize = 32
+	// DelaySize is the length of a per-hop delay: nanoseconds, big-endian.
+	DelaySize = 8
+	// VersionSize is the length of the routing-information version.
+	VersionSize = 3
+	// FlagSize is the length of the hop flag (forward or final).
+	FlagSize = 1
+	// IDSize is the length of the message identifier seen by the final hop.
+	IDSize = 16
+	// MaxHops is the longest path a packet can take.
+	MaxHops = 5
+
+	// SlotSize is what one hop consumes from the routing information β:
+	// version, flag, next address, delay and the next hop's MAC for a
+	// forward hop; version, flag, destination, identifier and zero padding
+	// for the final hop. Both layouts have the same size.
+	SlotSize = VersionSize + FlagSize + AddressSize + DelaySize + MACSize
+	// RoutingInfoSize is the length of β, room for MaxHops slots.
+	RoutingInfoSize = MaxHops * SlotSize
+	// HeaderSize is α ‖ γ ‖ β.
+	HeaderSize = GroupElementSize + MACSize + RoutingInfoSize
+
+	// PayloadSize is the largest message a packet carries.
+	PayloadSize = 2048
+	// PayloadZeroPrefix is the run of zeros the final hop checks to detect
+	// a tampered payload (κ bytes).
+	PayloadZeroPrefix = 16
+	// PayloadOverhead is the zero prefix plus the one-byte padding marker.
+	PayloadOverhead = PayloadZeroPrefix + 1
+	// PayloadBlockSize is the encrypted payload as it travels.
+	PayloadBlockSize = PayloadSize + PayloadOverhead
+	// PacketSize is the length of every packet on the wire: 2413 bytes.
+	PacketSize = HeaderSize + PayloadBlockSize
+)
