@@ -44,3 +44,26 @@ const (
 	// PacketSize is the length of every packet on the wire: 2413 bytes.
 	PacketSize = HeaderSize + PayloadBlockSize
 )
+
+// Sizes of the keys and blocks derived per hop and of single-use reply blocks.
+const (
+	// ReplayTagSize is the length of the tag a mix remembers to drop replays.
+	ReplayTagSize = 32
+	// LionessKeySize is the key of the wide-block payload cipher: two
+	// ChaCha20 keys and two BLAKE2b keys of 32 bytes each.
+	LionessKeySize = 4 * 32
+	// SURBKeySeedSize is the seed from which the replier's payload key is
+	// expanded; the seed travels in the SURB, the expansion never does.
+	SURBKeySeedSize = 32
+	// SURBSize is first hop ‖ header ‖ key seed.
+	SURBSize = AddressSize + HeaderSize + SURBKeySeedSize
+
+	// headerStreamSize is the keystream XORed over β plus one appended slot.
+	headerStreamSize = RoutingInfoSize + SlotSize
+	// lionessLeftSize is the narrow half of the Lioness block; it is both
+	// a ChaCha20 key and a BLAKE2b-256 output.
+	lionessLeftSize = 32
+)
+
+// Version is the routing-information version this package writes and accepts.
+var Version = [VersionSize]byte{0, 1, 0}
