@@ -6,15 +6,15 @@ import (
 
 // Drop reasons, used as the "reason" label of the drops counter.
 const (
-	DropOverload   = "overload"    // the unwrap queue was full
-	DropStale      = "stale"       // waited too long before unwrap
-	DropInvalid    = "invalid"     // failed to unwrap
-	DropReplay     = "replay"      // replay tag seen before
-	DropSchedule   = "schedule"    // scheduler full
-	DropLate       = "late"        // released far past its due time
-	DropRole       = "role"        // a hop kind this node's role does not serve
-	DropUnroutable = "unroutable"  // next hop unknown or its queue full
-	DropHandler    = "handler"     // the final-hop handler refused it
+	DropOverload   = "overload"   // the unwrap queue was full
+	DropStale      = "stale"      // waited too long before unwrap
+	DropInvalid    = "invalid"    // failed to unwrap
+	DropReplay     = "replay"     // replay tag seen before
+	DropSchedule   = "schedule"   // scheduler full
+	DropLate       = "late"       // released far past its due time
+	DropRole       = "role"       // a hop kind this node's role does not serve
+	DropUnroutable = "unroutable" // next hop unknown or its queue full
+	DropHandler    = "handler"    // the final-hop handler refused it
 )
 
 // Metrics are a node's Prometheus collectors, registered on a registry of
