@@ -1,0 +1,358 @@
+// Package server assembles one mixnet node from its parts: identity and
+// link keys, the Sphinx key ring, the directory (published to and fetched
+// from), the link listener, the mesh of outbound links, the packet
+// pipeline and, for gateways, the entry's client links or the exit's
+// session service. The operating system's part, the exit's packet device,
+// comes from the caller.
+package server
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/mixvpn/mixvpn/mixnet/directory"
+	"github.com/mixvpn/mixvpn/mixnet/gateway"
+	"github.com/mixvpn/mixvpn/mixnet/link"
+	"github.com/mixvpn/mixvpn/mixnet/mesh"
+	"github.com/mixvpn/mixvpn/mixnet/node"
+	"github.com/mixvpn/mixvpn/mixnet/sphinx"
+)
+
+// Config describes one node.
+type Config struct {
+	ID      string
+	Role    directory.Role
+	Layer   int
+	Country string
+	// Listen is the link listener's address; Advertise what the directory
+	// tells others (default Listen).
+	Listen, Advertise string
+	// DataDir holds the node's keys (mode 0600).
+	DataDir string
+	// DirectoryURL and DirectoryKey name the authority and pin its key.
+	DirectoryURL string
+	DirectoryKey ed25519.PublicKey
+	Epochs       directory.Epochs
+	// PublishInterval and RefreshInterval pace descriptor uploads and
+	// document fetches; defaults 30 s and 10 s.
+	PublishInterval, RefreshInterval time.Duration
+	// MetricsListen serves Prometheus metrics at /metrics if set.
+	MetricsListen string
+	// ExitDevice and the prefixes are required for the exit role.
+	ExitDevice       gateway.PacketDevice
+	Prefix4, Prefix6 netip.Prefix
+	// WireGuard, if set, is published in the descriptor (Fast mode).
+	WireGuard *directory.WireGuard
+	// Ready, if set, is called once the node listens and has published.
+	Ready  func()
+	Logger *slog.Logger
+}
+
+// Node is a running node's handle, for tests and the local network.
+type Node struct {
+	Pipeline *node.Node
+	Mesh     *mesh.Mesh
+	Entry    *gateway.Entry
+	Exit     *gateway.Exit
+	Address  sphinx.Address
+	LinkKey  link.KeyPair
+}
+
+// LoadOrCreateIdentity reads the ed25519 identity from path or creates it
+// with mode 0600.
+func LoadOrCreateIdentity(path string) (ed25519.PrivateKey, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		_, key, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			return nil, err
+		}
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return nil, fmt.Errorf("server: key directory: %w", err)
+		}
+		enc := base64.StdEncoding.EncodeToString(key.Seed()) + "\n"
+		if err := os.WriteFile(path, []byte(enc), 0o600); err != nil {
+			return nil, fmt.Errorf("server: write identity: %w", err)
+		}
+		return key, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("server: read identity: %w", err)
+	}
+	seed, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(b)))
+	if err != nil || len(seed) != ed25519.SeedSize {
+		return nil, fmt.Errorf("server: identity file %s is not a base64 ed25519 seed", path)
+	}
+	return ed25519.NewKeyFromSeed(seed), nil
+}
+
+// keyCache serves the key ring's active keys to the pipeline without
+// touching the disk per packet.
+type keyCache struct {
+	ring *directory.KeyRing
+	keys atomic.Pointer[[]node.EpochKey]
+}
+
+func (k *keyCache) refresh() error {
+	active, err := k.ring.Active()
+	if err != nil {
+		return err
+	}
+	keys := make([]node.EpochKey, len(active))
+	for i, a := range active {
+		keys[i] = node.EpochKey{Epoch: a.Epoch, Key: a.Key}
+	}
+	k.keys.Store(&keys)
+	return nil
+}
+
+// UnwrapKeys returns the cached keys.
+func (k *keyCache) UnwrapKeys() []node.EpochKey { return *k.keys.Load() }
+
+// Run starts the node and serves until ctx ends.
+func Run(ctx context.Context, cfg Config) error {
+	n, start, err := Build(cfg)
+	if err != nil {
+		return err
+	}
+	_ = n
+	return start(ctx)
+}
+
+// Build assembles the node; the returned function runs it until ctx ends.
+func Build(cfg Config) (*Node, func(context.Context) error, error) {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("node", cfg.ID)
+	if cfg.Advertise == "" {
+		cfg.Advertise = cfg.Listen
+	}
+	if cfg.PublishInterval <= 0 {
+		cfg.PublishInterval = 30 * time.Second
+	}
+	if cfg.RefreshInterval <= 0 {
+		cfg.RefreshInterval = 10 * time.Second
+	}
+	identity, err := LoadOrCreateIdentity(filepath.Join(cfg.DataDir, "identity.key"))
+	if err != nil {
+		return nil, nil, err
+	}
+	linkKey, err := link.LoadOrCreateKey(filepath.Join(cfg.DataDir, "link.key"))
+	if err != nil {
+		return nil, nil, err
+	}
+	keys := &keyCache{ring: &directory.KeyRing{Dir: filepath.Join(cfg.DataDir, "sphinx"), Epochs: cfg.Epochs}}
+	if err := keys.refresh(); err != nil {
+		return nil, nil, err
+	}
+	self := (&directory.Descriptor{IdentityKey: identity.Public().(ed25519.PublicKey)}).MixAddress()
+	m := mesh.New(mesh.Config{Link: link.Config{Static: linkKey, Logger: log}, Self: self, Logger: log})
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector())
+	n := &Node{Mesh: m, Address: self, LinkKey: linkKey}
+	var handler node.Handler
+	switch cfg.Role {
+	case directory.RoleEntry:
+		n.Entry = gateway.NewEntry(gateway.EntryConfig{Logger: log})
+		handler = n.Entry
+	case directory.RoleExit:
+		n.Exit, err = gateway.NewExit(gateway.ExitConfig{Device: cfg.ExitDevice, Router: m, Prefix4: cfg.Prefix4, Prefix6: cfg.Prefix6, Logger: log})
+		if err != nil {
+			return nil, nil, err
+		}
+		handler = n.Exit
+	case directory.RoleMix:
+	default:
+		return nil, nil, fmt.Errorf("server: unknown role %q", cfg.Role)
+	}
+	n.Pipeline, err = node.New(node.Config{
+		Keys:       keys,
+		Replay:     node.NewBloomReplay(1<<20, 1e-6),
+		Router:     m,
+		Handler:    handler,
+		Registerer: reg,
+		Logger:     log,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+
+	fetcher := &directory.Fetcher{URL: cfg.DirectoryURL, Key: cfg.DirectoryKey}
+	publisher := &directory.PublisherConfig{
+		URL:      cfg.DirectoryURL,
+		Identity: identity,
+		Interval: cfg.PublishInterval,
+		Logger:   log,
+		Describe: func() (*directory.Descriptor, error) {
+			pub, err := keys.ring.Public()
+			if err != nil {
+				return nil, err
+			}
+			return &directory.Descriptor{
+				ID: cfg.ID, Role: cfg.Role, Layer: cfg.Layer, Country: cfg.Country,
+				Address: cfg.Advertise, LinkKey: linkKey.Public[:], SphinxKeys: pub, WireGuard: cfg.WireGuard,
+			}, nil
+		},
+	}
+
+	run := func(ctx context.Context) error {
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		ln, err := net.Listen("tcp", cfg.Listen)
+		if err != nil {
+			return fmt.Errorf("server: listen: %w", err)
+		}
+		var wg sync.WaitGroup
+		errc := make(chan error, 8)
+		goRun := func(name string, f func(context.Context) error) {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := f(ctx); err != nil && ctx.Err() == nil {
+					errc <- fmt.Errorf("%s: %w", name, err)
+				}
+			}()
+		}
+		goRun("mesh", m.Run)
+		goRun("pipeline", n.Pipeline.Run)
+		if n.Exit != nil {
+			goRun("exit", n.Exit.Run)
+		}
+		goRun("links", func(ctx context.Context) error {
+			return link.Serve(ctx, ln, link.ListenerConfig{
+				Config:    link.Config{Static: linkKey, Logger: log, Handler: n.onFrame},
+				Authorize: n.authorize(cfg.Role),
+				OnConn:    n.onConn,
+			})
+		})
+		if cfg.MetricsListen != "" {
+			goRun("metrics", func(ctx context.Context) error { return serveMetrics(ctx, cfg.MetricsListen, reg) })
+		}
+		// Publish first, then keep the directory and keys fresh.
+		if err := publisher.Publish(ctx); err != nil {
+			log.Warn("first publish failed; retrying", "err", err)
+		}
+		goRun("publisher", publisher.Run)
+		goRun("directory", func(ctx context.Context) error {
+			return follow(ctx, fetcher, m, keys, cfg.RefreshInterval, log)
+		})
+		log.Info("node running", "role", cfg.Role, "layer", cfg.Layer, "listen", cfg.Listen)
+		if cfg.Ready != nil {
+			cfg.Ready()
+		}
+		var runErr error
+		select {
+		case <-ctx.Done():
+		case runErr = <-errc:
+			cancel()
+		}
+		wg.Wait()
+		return runErr
+	}
+	return n, run, nil
+}
+
+// follow fetches the document and refreshes keys until ctx ends; it
+// retries quickly until the first document arrives.
+func follow(ctx context.Context, f *directory.Fetcher, m *mesh.Mesh, keys *keyCache, every time.Duration, log *slog.Logger) error {
+	for {
+		wait := every
+		if doc, err := f.Fetch(ctx); err != nil {
+			log.Warn("directory fetch failed", "err", err)
+			wait = min(every, 500*time.Millisecond)
+		} else {
+			m.SetDocument(doc)
+		}
+		if err := keys.refresh(); err != nil {
+			log.Error("key refresh failed", "err", err)
+		}
+		if m.Document() == nil {
+			wait = min(wait, 200*time.Millisecond)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+	}
+}
+
+// authorize admits nodes in the directory everywhere, and anyone else only
+// at an entry gateway, as a client.
+func (n *Node) authorize(role directory.Role) func([32]byte) error {
+	return func(peer [32]byte) error {
+		if n.Mesh.NodeByLinkKey(peer) != nil || role == directory.RoleEntry {
+			return nil
+		}
+		return errors.New("not a node of the current directory")
+	}
+}
+
+// onFrame takes frames from accepted links: packets, from nodes and from
+// clients alike, go into the pipeline.
+func (n *Node) onFrame(_ *link.Conn, t link.FrameType, body []byte) {
+	if t == link.FramePacket {
+		n.Pipeline.Receive(body)
+	}
+}
+
+// onConn registers a client's link at an entry, so that deliveries for
+// the client go over it.
+func (n *Node) onConn(c *link.Conn) {
+	isNode := n.Mesh.NodeByLinkKey(c.PeerKey()) != nil
+	if !isNode && n.Entry != nil {
+		cl := &clientLink{c: c}
+		detach := n.Entry.Attach(gateway.ClientAddress(c.PeerKey()), cl)
+		go func() {
+			<-c.Done()
+			detach()
+		}()
+	}
+}
+
+// clientLink sends deliveries to a client over its link.
+type clientLink struct {
+	c *link.Conn
+}
+
+func (l *clientLink) Deliver(id sphinx.MessageID, block []byte) error {
+	var body [link.BodySize]byte
+	if err := gateway.EncodeDelivery(body[:], id, block); err != nil {
+		return err
+	}
+	return l.c.Send(body[:])
+}
+
+func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry) error {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	stop := context.AfterFunc(ctx, func() { srv.Close() })
+	defer stop()
+	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
