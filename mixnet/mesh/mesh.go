@@ -26,8 +26,11 @@ type Config struct {
 	// Link is used for every outbound link (its Static key identifies us).
 	Link link.Config
 	// Self is this node's address; packets to it are refused (a loop).
-	Self   sphinx.Address
-	Logger *slog.Logger
+	Self sphinx.Address
+	// OnUnknown, if set, is told when a packet names a node the current
+	// document lacks: the document may be older than the sender's.
+	OnUnknown func()
+	Logger    *slog.Logger
 }
 
 // Mesh routes packets to nodes of the current document.
@@ -139,6 +142,9 @@ func (m *Mesh) peer(addr sphinx.Address) (*peer, error) {
 	}
 	d := v.byAddr[addr]
 	if d == nil {
+		if m.cfg.OnUnknown != nil {
+			m.cfg.OnUnknown()
+		}
 		return nil, ErrUnknownNode
 	}
 	ctx, cancel := context.WithCancel(m.ctx)

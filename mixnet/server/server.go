@@ -167,10 +167,23 @@ func Build(cfg Config) (*Node, func(context.Context) error, error) {
 		return nil, nil, err
 	}
 	self := (&directory.Descriptor{IdentityKey: identity.Public().(ed25519.PublicKey)}).MixAddress()
-	m := mesh.New(mesh.Config{Link: link.Config{Static: linkKey, Logger: log}, Self: self, Logger: log})
+	refresh := make(chan struct{}, 1)
+	m := mesh.New(mesh.Config{Link: link.Config{Static: linkKey, Logger: log}, Self: self, Logger: log, OnUnknown: func() {
+		select {
+		case refresh <- struct{}{}:
+		default:
+		}
+	}})
 
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector())
+	reg.MustRegister(collectors.NewGoCollector(), prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "mixnode_directory_nodes", Help: "Nodes in the directory document this node routes by.",
+	}, func() float64 {
+		if d := m.Document(); d != nil {
+			return float64(len(d.Nodes))
+		}
+		return 0
+	}))
 	n := &Node{Mesh: m, Address: self, LinkKey: linkKey}
 	var handler node.Handler
 	switch cfg.Role {
@@ -256,7 +269,7 @@ func Build(cfg Config) (*Node, func(context.Context) error, error) {
 		}
 		goRun("publisher", publisher.Run)
 		goRun("directory", func(ctx context.Context) error {
-			return follow(ctx, fetcher, m, keys, cfg.RefreshInterval, log)
+			return follow(ctx, fetcher, m, keys, cfg.RefreshInterval, refresh, log)
 		})
 		log.Info("node running", "role", cfg.Role, "layer", cfg.Layer, "listen", cfg.Listen)
 		if cfg.Ready != nil {
@@ -275,8 +288,10 @@ func Build(cfg Config) (*Node, func(context.Context) error, error) {
 }
 
 // follow fetches the document and refreshes keys until ctx ends; it
-// retries quickly until the first document arrives.
-func follow(ctx context.Context, f *directory.Fetcher, m *mesh.Mesh, keys *keyCache, every time.Duration, log *slog.Logger) error {
+// retries quickly until the first document arrives, and fetches early when
+// kicked (a packet named a node we do not know yet), at most once a second.
+func follow(ctx context.Context, f *directory.Fetcher, m *mesh.Mesh, keys *keyCache, every time.Duration, kick <-chan struct{}, log *slog.Logger) error {
+	last := time.Time{}
 	for {
 		wait := every
 		if doc, err := f.Fetch(ctx); err != nil {
@@ -291,10 +306,19 @@ func follow(ctx context.Context, f *directory.Fetcher, m *mesh.Mesh, keys *keyCa
 		if m.Document() == nil {
 			wait = min(wait, 200*time.Millisecond)
 		}
+		last = time.Now()
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-time.After(wait):
+		case <-kick:
+			if d := time.Until(last.Add(time.Second)); d > 0 {
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(d):
+				}
+			}
 		}
 	}
 }

@@ -1,0 +1,363 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"net"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/mixvpn/mixvpn/platform/netns"
+)
+
+// The local network: every node in its own network namespace on one
+// backbone bridge, the way the real network puts every node on the
+// internet. Addresses come from the documentation ranges and exist only
+// inside the namespaces the run made.
+
+var (
+	backbone4 = netip.MustParsePrefix("198.51.100.0/24")
+	backbone6 = netip.MustParsePrefix("fd6d:7876::/64")
+)
+
+// devHost is one host of the local network.
+type devHost struct {
+	Name    string     `json:"name"`
+	Role    string     `json:"role"` // directory, entry, mix, exit, internet, client
+	Layer   int        `json:"layer,omitempty"`
+	Country string     `json:"country,omitempty"`
+	NS      string     `json:"ns,omitempty"`
+	Addr4   netip.Addr `json:"addr4"`
+	Addr6   netip.Addr `json:"addr6"`
+}
+
+// devnetPlan lists the hosts: a directory, 2 entries, 3 layers of 2
+// mixes, 2 exits in different countries, the internet host and a client.
+func devnetPlan() []devHost {
+	host := func(name, role string, layer int, country string, n byte) devHost {
+		a4 := backbone4.Addr().As4()
+		a4[3] = n
+		a6 := backbone6.Addr().As16()
+		a6[15] = n
+		return devHost{Name: name, Role: role, Layer: layer, Country: country, Addr4: netip.AddrFrom4(a4), Addr6: netip.AddrFrom16(a6)}
+	}
+	return []devHost{
+		host("dir", "directory", 0, "", 2),
+		host("entry1", "entry", 0, "DE", 11),
+		host("entry2", "entry", 0, "NL", 12),
+		host("mix1a", "mix", 1, "", 21), host("mix1b", "mix", 1, "", 22),
+		host("mix2a", "mix", 2, "", 31), host("mix2b", "mix", 2, "", 32),
+		host("mix3a", "mix", 3, "", 41), host("mix3b", "mix", 3, "", 42),
+		host("exit1", "exit", 0, "CH", 51),
+		host("exit2", "exit", 0, "IS", 52),
+		host("inet", "internet", 0, "", 80),
+		host("client", "client", 0, "", 100),
+	}
+}
+
+// supervisor starts processes and stops them all, gently then firmly.
+type supervisor struct {
+	log    *slog.Logger
+	logDir string
+
+	mu    sync.Mutex
+	procs []*exec.Cmd
+}
+
+// start runs cmd with its output in logDir/name.log.
+func (s *supervisor) start(name string, cmd *exec.Cmd) error {
+	f, err := os.Create(filepath.Join(s.logDir, name+".log"))
+	if err != nil {
+		return fmt.Errorf("devnet: log for %s: %w", name, err)
+	}
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		return fmt.Errorf("devnet: start %s: %w", name, err)
+	}
+	go func() {
+		cmd.Wait()
+		f.Close()
+	}()
+	s.mu.Lock()
+	s.procs = append(s.procs, cmd)
+	s.mu.Unlock()
+	s.log.Debug("started", "name", name, "pid", cmd.Process.Pid)
+	return nil
+}
+
+// stop sends SIGTERM to every process group, waits up to grace, then kills.
+func (s *supervisor) stop(grace time.Duration) {
+	s.mu.Lock()
+	procs := s.procs
+	s.procs = nil
+	s.mu.Unlock()
+	for _, p := range procs {
+		syscall.Kill(-p.Process.Pid, syscall.SIGTERM)
+	}
+	deadline := time.Now().Add(grace)
+	for _, p := range procs {
+		for p.ProcessState == nil && time.Now().Before(deadline) {
+			if syscall.Kill(p.Process.Pid, 0) != nil {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		syscall.Kill(-p.Process.Pid, syscall.SIGKILL)
+	}
+}
+
+// devnetState is written for the demo and the end-to-end tests: where
+// everything is and how to reach it.
+type devnetState struct {
+	ID           string    `json:"id"`
+	DirectoryURL string    `json:"directory_url"`
+	DirectoryKey string    `json:"directory_key"`
+	LogDir       string    `json:"log_dir"`
+	Hosts        []devHost `json:"hosts"`
+}
+
+func writeState(path string, st devnetState) error {
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// buildLab makes the namespaces and the backbone for plan.
+func buildLab(plan []devHost) (*netns.Lab, map[string]*netns.Host, error) {
+	lab, err := netns.NewLab("mv")
+	if err != nil {
+		return nil, nil, err
+	}
+	hub, err := lab.AddHost("hub")
+	if err == nil {
+		err = hub.Bridge()
+	}
+	hosts := make(map[string]*netns.Host)
+	for i := range plan {
+		if err != nil {
+			break
+		}
+		var h *netns.Host
+		if h, err = lab.AddHost(plan[i].Name); err != nil {
+			break
+		}
+		plan[i].NS = h.NS
+		hosts[plan[i].Name] = h
+		_, err = lab.Attach(hub, h, []netip.Prefix{
+			netip.PrefixFrom(plan[i].Addr4, backbone4.Bits()),
+			netip.PrefixFrom(plan[i].Addr6, backbone6.Bits()),
+		})
+	}
+	if err != nil {
+		return nil, nil, errors.Join(err, lab.Close())
+	}
+	return lab, hosts, nil
+}
+
+// waitFor polls check until it succeeds or ctx ends.
+func waitFor(ctx context.Context, what string, check func() error) error {
+	var err error
+	for {
+		if err = check(); err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("devnet: waiting for %s: %w (last error: %v)", what, ctx.Err(), err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// devnetOptions configures the local network.
+type devnetOptions struct {
+	RunDir    string
+	StateFile string
+	Demo      bool
+	Duration  time.Duration
+	Epoch     time.Duration
+	Log       *slog.Logger
+}
+
+func devnetCommand(logger func() *slog.Logger) *cobra.Command {
+	var o devnetOptions
+	cmd := &cobra.Command{
+		Use:   "devnet",
+		Short: "Start the whole network on this machine: directory, 2 entries, 3×2 mixes, 2 exits, an internet host",
+		Long: `devnet starts every node of a small mixnet on this machine. As root, each node runs in its own
+network namespace on a shared bridge, and exits reach an "internet" host through their own TUN and NAT;
+it stops cleanly on Ctrl-C and removes every namespace it made. --demo sends probe traffic through the
+network, prints what happened and stops.`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.Log = logger()
+			return runDevnet(cmd.Context(), o)
+		},
+	}
+	cmd.Flags().StringVar(&o.RunDir, "run-dir", "", "directory for configs, keys and logs (default: a new temporary one)")
+	cmd.Flags().StringVar(&o.StateFile, "state", "", "write where everything is to this JSON file")
+	cmd.Flags().BoolVar(&o.Demo, "demo", false, "send probe traffic through the network, report and stop")
+	cmd.Flags().DurationVar(&o.Duration, "duration", 0, "stop after this long (default: run until interrupted)")
+	cmd.Flags().DurationVar(&o.Epoch, "epoch", time.Hour, "key epoch length")
+	return cmd
+}
+
+func runDevnet(ctx context.Context, o devnetOptions) error {
+	log := o.Log
+	if o.RunDir == "" {
+		dir, err := os.MkdirTemp("", "mixvpn-devnet-")
+		if err != nil {
+			return err
+		}
+		o.RunDir = dir
+	}
+	if err := os.MkdirAll(o.RunDir, 0o700); err != nil {
+		return err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	plan := devnetPlan()
+	lab, hosts, err := buildLab(plan)
+	if err != nil {
+		return fmt.Errorf("devnet: %w (the local network needs root for its namespaces)", err)
+	}
+	defer func() {
+		if err := lab.Close(); err != nil {
+			log.Error("removing namespaces", "err", err)
+		} else {
+			log.Info("namespaces removed", "run", lab.ID())
+		}
+	}()
+	sup := &supervisor{log: log, logDir: o.RunDir}
+	defer sup.stop(3 * time.Second)
+
+	// The directory first: the others pin its key.
+	genesis := time.Now().Truncate(time.Minute).Add(-time.Minute)
+	var dirHost devHost
+	for _, h := range plan {
+		if h.Role == "directory" {
+			dirHost = h
+		}
+	}
+	dirURL := "http://" + net.JoinHostPort(dirHost.Addr4.String(), "8080")
+	dirCfg := nodeConfig{ID: "directory", Role: "directory", Listen: net.JoinHostPort(dirHost.Addr4.String(), "8080"),
+		DataDir: filepath.Join(o.RunDir, "directory"), EpochGenesis: genesis, EpochLength: duration(o.Epoch)}
+	if _, err := startNodeProcess(sup, hosts[dirHost.Name], self, o.RunDir, dirCfg); err != nil {
+		return err
+	}
+	var pub string
+	waitCtx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if err := waitFor(waitCtx, "the directory key", func() error {
+		b, err := os.ReadFile(filepath.Join(dirCfg.DataDir, "authority.pub"))
+		pub = strings.TrimSpace(string(b))
+		return err
+	}); err != nil {
+		return err
+	}
+
+	nodes := 0
+	for _, h := range plan {
+		cfg := nodeConfig{ID: h.Name, Role: h.Role, Layer: h.Layer, Country: h.Country,
+			Listen: net.JoinHostPort(h.Addr4.String(), "1789"), DataDir: filepath.Join(o.RunDir, h.Name),
+			Metrics:      net.JoinHostPort(h.Addr4.String(), "9100"),
+			DirectoryURL: dirURL, DirectoryKey: pub, EpochGenesis: genesis, EpochLength: duration(o.Epoch),
+			PublishInterval: duration(5 * time.Second), RefreshInterval: duration(2 * time.Second)}
+		switch h.Role {
+		case "entry", "mix":
+		case "exit":
+			pool := exitPools[h.Name]
+			cfg.Exit = &exitConfig{Device: "mvexit0", Prefix4: pool[0], Prefix6: pool[1]}
+		case "internet":
+			cmd := hosts[h.Name].Command(ctx, self, "internet",
+				"--name", "internet.mixvpn.test="+h.Addr4.String(), "--name", "internet.mixvpn.test="+h.Addr6.String())
+			if err := sup.start(h.Name, cmd); err != nil {
+				return err
+			}
+			if _, err := exec.LookPath("iperf3"); err == nil {
+				if err := sup.start("iperf3", hosts[h.Name].Command(ctx, "iperf3", "-s")); err != nil {
+					return err
+				}
+			}
+			continue
+		default:
+			continue
+		}
+		if _, err := startNodeProcess(sup, hosts[h.Name], self, o.RunDir, cfg); err != nil {
+			return err
+		}
+		nodes++
+	}
+
+	// Ready when the directory lists every node.
+	client := hosts["client"]
+	if err := waitFor(waitCtx, "all nodes in the directory", func() error {
+		_, err := client.Output(self, "probe", "--directory", dirURL, "--key", pub, "--ready", fmt.Sprint(nodes))
+		return err
+	}); err != nil {
+		return err
+	}
+	st := devnetState{ID: lab.ID(), DirectoryURL: dirURL, DirectoryKey: pub, LogDir: o.RunDir, Hosts: plan}
+	if o.StateFile != "" {
+		if err := writeState(o.StateFile, st); err != nil {
+			return err
+		}
+	}
+	fmt.Printf("local network %s is up: %d nodes, directory %s, logs in %s\n", lab.ID(), nodes, dirURL, o.RunDir)
+	for _, h := range plan {
+		fmt.Printf("  %-9s %-9s %-15s %s %s\n", h.Name, h.Role, h.Addr4, h.NS, h.Country)
+	}
+
+	if o.Demo {
+		cmd := client.Command(ctx, self, "probe", "--directory", dirURL, "--key", pub, "--packets", "200")
+		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		return cmd.Run()
+	}
+	if o.Duration > 0 {
+		var c context.CancelFunc
+		ctx, c = context.WithTimeout(ctx, o.Duration)
+		defer c()
+	}
+	fmt.Println("press Ctrl-C to stop")
+	<-ctx.Done()
+	return nil
+}
+
+// exitPools are the session address pools of each exit.
+var exitPools = map[string][2]string{
+	"exit1": {"100.64.0.0/16", "fd00:6d76:1::/64"},
+	"exit2": {"100.65.0.0/16", "fd00:6d76:2::/64"},
+}
+
+// startNodeProcess writes cfg and starts `mixnode run` in h.
+func startNodeProcess(sup *supervisor, h *netns.Host, self, runDir string, cfg nodeConfig) (string, error) {
+	path := filepath.Join(runDir, cfg.ID+".json")
+	b, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		return "", err
+	}
+	return path, sup.start(cfg.ID, h.Command(context.Background(), self, "run", "--config", path))
+}

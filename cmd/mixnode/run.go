@@ -1,0 +1,191 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/mixvpn/mixvpn/mixnet/directory"
+	"github.com/mixvpn/mixvpn/mixnet/server"
+	"github.com/mixvpn/mixvpn/platform/exitnat"
+)
+
+// nodeConfig is a node's configuration file (JSON).
+type nodeConfig struct {
+	ID      string `json:"id"`
+	Role    string `json:"role"` // directory, entry, mix, exit
+	Layer   int    `json:"layer,omitempty"`
+	Country string `json:"country,omitempty"`
+	// Listen is the link listener (the HTTP listener for the directory).
+	Listen    string `json:"listen"`
+	Advertise string `json:"advertise,omitempty"`
+	DataDir   string `json:"data_dir"`
+	Metrics   string `json:"metrics,omitempty"`
+	// DirectoryURL and DirectoryKey (base64 ed25519) pin the authority.
+	DirectoryURL string `json:"directory_url,omitempty"`
+	DirectoryKey string `json:"directory_key,omitempty"`
+	// EpochGenesis (RFC 3339) and EpochLength must match the authority's.
+	EpochGenesis time.Time `json:"epoch_genesis"`
+	EpochLength  duration  `json:"epoch_length"`
+	// PublishInterval and RefreshInterval pace the directory traffic.
+	PublishInterval duration `json:"publish_interval,omitempty"`
+	RefreshInterval duration `json:"refresh_interval,omitempty"`
+	// Exit is the exit gateway's device and address pools.
+	Exit *exitConfig `json:"exit,omitempty"`
+}
+
+type exitConfig struct {
+	Device  string `json:"device,omitempty"`
+	Prefix4 string `json:"prefix4"`
+	Prefix6 string `json:"prefix6"`
+}
+
+// duration is a time.Duration written as "15ms", "1h".
+type duration time.Duration
+
+func (d duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+func (d *duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("duration must be a string like \"1h\": %w", err)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = duration(v)
+	return nil
+}
+
+func loadConfig(path string) (*nodeConfig, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	var c nodeConfig
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	if err := c.validate(); err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return &c, nil
+}
+
+func (c *nodeConfig) validate() error {
+	if c.ID == "" || c.DataDir == "" || c.Listen == "" {
+		return errors.New("id, listen and data_dir are required")
+	}
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	if c.EpochLength <= 0 || c.EpochGenesis.IsZero() {
+		return errors.New("epoch_genesis and epoch_length are required")
+	}
+	switch c.Role {
+	case "directory":
+		return nil
+	case "entry", "mix", "exit":
+	default:
+		return fmt.Errorf("role %q: want directory, entry, mix or exit", c.Role)
+	}
+	if c.DirectoryURL == "" || c.DirectoryKey == "" {
+		return errors.New("directory_url and directory_key are required")
+	}
+	if c.Role == "exit" && c.Exit == nil {
+		return errors.New("an exit needs an \"exit\" section with its address pools")
+	}
+	return nil
+}
+
+func (c *nodeConfig) epochs() directory.Epochs {
+	return directory.Epochs{Genesis: c.EpochGenesis, Length: time.Duration(c.EpochLength)}
+}
+
+func runCommand(logger func() *slog.Logger) *cobra.Command {
+	var path string
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Run one node (directory, entry, mix or exit) from a configuration file",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := loadConfig(path)
+			if err != nil {
+				return err
+			}
+			return runNode(cmd.Context(), cfg, logger())
+		},
+	}
+	cmd.Flags().StringVarP(&path, "config", "c", "", "configuration file (JSON)")
+	cmd.MarkFlagRequired("config")
+	return cmd
+}
+
+func runNode(ctx context.Context, c *nodeConfig, log *slog.Logger) error {
+	if c.Role == "directory" {
+		return runDirectory(ctx, c, log)
+	}
+	key, err := base64.StdEncoding.DecodeString(c.DirectoryKey)
+	if err != nil || len(key) != ed25519.PublicKeySize {
+		return fmt.Errorf("directory_key is not a base64 ed25519 public key")
+	}
+	cfg := server.Config{
+		ID: c.ID, Role: directory.Role(c.Role), Layer: c.Layer, Country: c.Country,
+		Listen: c.Listen, Advertise: c.Advertise, DataDir: c.DataDir,
+		DirectoryURL: c.DirectoryURL, DirectoryKey: key, Epochs: c.epochs(),
+		PublishInterval: time.Duration(c.PublishInterval), RefreshInterval: time.Duration(c.RefreshInterval),
+		MetricsListen: c.Metrics, Logger: log,
+	}
+	if c.Role == "exit" {
+		if cfg.Prefix4, err = netip.ParsePrefix(c.Exit.Prefix4); err != nil {
+			return fmt.Errorf("exit prefix4: %w", err)
+		}
+		if cfg.Prefix6, err = netip.ParsePrefix(c.Exit.Prefix6); err != nil {
+			return fmt.Errorf("exit prefix6: %w", err)
+		}
+		dev, err := exitnat.Open(exitnat.Config{Name: c.Exit.Device, Prefix4: cfg.Prefix4, Prefix6: cfg.Prefix6})
+		if err != nil {
+			return err
+		}
+		defer dev.Close()
+		cfg.ExitDevice = dev
+	}
+	return server.Run(ctx, cfg)
+}
+
+// runDirectory serves the authority. Its key is made on first start; the
+// public half is written beside it for operators to pin.
+func runDirectory(ctx context.Context, c *nodeConfig, log *slog.Logger) error {
+	key, err := server.LoadOrCreateIdentity(filepath.Join(c.DataDir, "authority.key"))
+	if err != nil {
+		return err
+	}
+	pub := base64.StdEncoding.EncodeToString(key.Public().(ed25519.PublicKey))
+	if err := os.WriteFile(filepath.Join(c.DataDir, "authority.pub"), []byte(pub+"\n"), 0o644); err != nil {
+		return err
+	}
+	auth, err := directory.NewAuthority(directory.AuthorityConfig{Key: key, Epochs: c.epochs(), Logger: log})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", c.Listen)
+	if err != nil {
+		return fmt.Errorf("directory: listen: %w", err)
+	}
+	log.Info("directory serving", "listen", c.Listen, "key", pub)
+	return auth.Serve(ctx, ln)
+}
