@@ -28,11 +28,11 @@ import (
 // exit, each with a reply block, and times the answers: a smoke test of a
 // running network that needs no client daemon.
 type probeOptions struct {
-	Directory  string
-	Key        string
-	WaitReady  int
-	Packets    int
-	MeanDelay  time.Duration
+	Directory string
+	Key       string
+	WaitReady int
+	Packets   int
+	MeanDelay time.Duration
 }
 
 func probeCommand() *cobra.Command {
