@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/mixvpn/mixvpn/mixnet/schedule"
 	"github.com/mixvpn/mixvpn/mixnet/sphinx"
 )
 
@@ -81,7 +82,7 @@ type Node struct {
 	now     func() time.Time
 	pool    sync.Pool
 	queue   chan queued
-	sched   *holder
+	sched   *schedule.Scheduler[held]
 	metrics *Metrics
 }
 
@@ -129,8 +130,18 @@ func New(cfg Config) (*Node, error) {
 		n.log = slog.New(slog.DiscardHandler)
 	}
 	n.pool.New = func() any { return new([sphinx.PacketSize]byte) }
-	n.sched = newHolder(cfg.HoldCapacity, cfg.MaxLateness, cfg.Now, n.release, n.dropLate)
-	n.metrics = newMetrics(cfg.Registerer, func() float64 { return float64(n.sched.len()) })
+	sched, err := schedule.New(schedule.Config[held]{
+		Capacity:    cfg.HoldCapacity,
+		MaxLateness: cfg.MaxLateness,
+		Release:     n.release,
+		Discard:     n.discard,
+		Now:         cfg.Now,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("node: %w", err)
+	}
+	n.sched = sched
+	n.metrics = newMetrics(cfg.Registerer, func() float64 { return float64(n.sched.Len()) })
 	return n, nil
 }
 
@@ -165,7 +176,7 @@ func (n *Node) Run(ctx context.Context) error {
 			n.work(ctx)
 		}()
 	}
-	err := n.sched.run(ctx)
+	err := n.sched.Run(ctx)
 	wg.Wait()
 	if errors.Is(err, context.Canceled) {
 		return nil
@@ -207,7 +218,7 @@ func (n *Node) process(q queued, out *sphinx.Processed) {
 	switch out.Flag {
 	case sphinx.FlagForward:
 		h := held{buf: q.buf, next: out.NextHop, at: now}
-		if err := n.sched.push(now.Add(out.Delay), h); err != nil {
+		if err := n.sched.Push(now.Add(out.Delay), h); err != nil {
 			n.pool.Put(q.buf)
 			n.drop(DropSchedule)
 		}
@@ -271,8 +282,10 @@ func (n *Node) release(h held) {
 	n.metrics.PacketsOut.WithLabelValues("forward").Inc()
 }
 
-// dropLate is called by the scheduler for packets it will not release.
-func (n *Node) dropLate(h held) {
+// discard takes back the buffers of packets the scheduler will not
+// release: those far past due, counted as late, and those still held at
+// shutdown.
+func (n *Node) discard(h held) {
 	n.pool.Put(h.buf)
 	n.drop(DropLate)
 }

@@ -3,8 +3,6 @@ package node
 import (
 	"context"
 	"crypto/ecdh"
-	"math"
-	"math/rand/v2"
 	"slices"
 	"sync"
 	"testing"
@@ -219,106 +217,5 @@ func TestOverloadDropsWithoutBlocking(t *testing.T) {
 	n.Receive(pkt[:10])
 	if got := testutil.ToFloat64(n.Metrics().Drops.WithLabelValues(DropInvalid)); got != 1 {
 		t.Fatalf("short packet drops %v", got)
-	}
-}
-
-func TestHolderReleasesInDueOrder(t *testing.T) {
-	var mu sync.Mutex
-	var order []int
-	done := make(chan struct{})
-	const n = 500
-	h := newHolder(n, time.Second, time.Now, func(p held) {
-		mu.Lock()
-		order = append(order, int(p.next[0])<<8|int(p.next[1]))
-		if len(order) == n {
-			close(done)
-		}
-		mu.Unlock()
-	}, func(held) { t.Error("late drop") })
-	rnd := rand.New(rand.NewPCG(5, 6))
-	start := time.Now().Add(100 * time.Millisecond)
-	dues := make([]time.Duration, n)
-	for i := range n {
-		dues[i] = time.Duration(rnd.IntN(50)) * time.Millisecond
-		h.push(start.Add(dues[i]), held{next: sphinx.Address{byte(i >> 8), byte(i)}})
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go h.run(ctx)
-	waitMsg(t, done)
-	for i := 1; i < n; i++ {
-		a, b := order[i-1], order[i]
-		if dues[a] > dues[b] || (dues[a] == dues[b] && a > b) {
-			t.Fatalf("released %d (due %v) before %d (due %v)", a, dues[a], b, dues[b])
-		}
-	}
-	if err := h.push(time.Now(), held{}); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func TestHolderCapacityAndLateness(t *testing.T) {
-	now := time.Unix(100, 0)
-	var mu sync.Mutex
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	late := make(chan held, 4)
-	h := newHolder(2, 10*time.Millisecond, clock, func(held) { t.Error("released a late packet") }, func(p held) { late <- p })
-	if h.push(now.Add(time.Millisecond), held{}) != nil || h.push(now.Add(time.Millisecond), held{}) != nil {
-		t.Fatal("push under capacity failed")
-	}
-	if err := h.push(now, held{}); err != errHolderFull {
-		t.Fatalf("push over capacity: %v", err)
-	}
-	mu.Lock()
-	now = now.Add(time.Second) // both are now far past due
-	mu.Unlock()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go h.run(ctx)
-	waitMsg(t, late)
-	waitMsg(t, late)
-}
-
-// Holding times must follow the exponential distribution the delays were
-// drawn from: a Kolmogorov–Smirnov test at α = 0.01 with a fixed seed.
-func TestHoldingTimesAreExponential(t *testing.T) {
-	const n = 2000
-	// Go timers on Linux wake up to about a millisecond late (the netpoller
-	// sleeps in whole milliseconds), so the mean is long enough for that
-	// lateness to stay well inside the test's tolerance.
-	const mean = 100 * time.Millisecond
-	holds := make([]float64, 0, n)
-	var mu sync.Mutex
-	done := make(chan struct{})
-	h := newHolder(n, time.Second, time.Now, func(p held) {
-		d := time.Since(p.at)
-		mu.Lock()
-		holds = append(holds, float64(d)/float64(mean))
-		if len(holds) == n {
-			close(done)
-		}
-		mu.Unlock()
-	}, func(held) { t.Error("late drop") })
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go h.run(ctx)
-	rnd := rand.New(rand.NewPCG(2026, 11))
-	for range n {
-		at := time.Now()
-		d := time.Duration(rnd.ExpFloat64() * float64(mean))
-		h.push(at.Add(d), held{at: at})
-	}
-	waitMsg(t, done)
-	slices.Sort(holds)
-	var dmax float64
-	for i, x := range holds {
-		cdf := 1 - math.Exp(-x)
-		dmax = max(dmax, math.Abs(cdf-float64(i)/n), math.Abs(cdf-float64(i+1)/n))
-	}
-	crit := 1.63 / math.Sqrt(n)
-	t.Logf("holds/mean quantiles: p10 %.3f p50 %.3f p90 %.3f (exponential: 0.105 0.693 2.303)", holds[n/10], holds[n/2], holds[9*n/10])
-	t.Logf("KS statistic D = %.4f, critical value at α=0.01: %.4f", dmax, crit)
-	if dmax > crit {
-		t.Fatalf("holding times do not look exponential: D = %.4f > %.4f", dmax, crit)
 	}
 }

@@ -34,6 +34,7 @@ import (
 	"github.com/mixvpn/mixvpn/mixnet/link"
 	"github.com/mixvpn/mixvpn/mixnet/mesh"
 	"github.com/mixvpn/mixvpn/mixnet/node"
+	"github.com/mixvpn/mixvpn/mixnet/replay"
 	"github.com/mixvpn/mixvpn/mixnet/sphinx"
 )
 
@@ -200,9 +201,13 @@ func Build(cfg Config) (*Node, func(context.Context) error, error) {
 	default:
 		return nil, nil, fmt.Errorf("server: unknown role %q", cfg.Role)
 	}
+	replays, err := replay.New(replay.Config{})
+	if err != nil {
+		return nil, nil, err
+	}
 	n.Pipeline, err = node.New(node.Config{
 		Keys:       keys,
-		Replay:     node.NewBloomReplay(1<<20, 1e-6),
+		Replay:     replays,
 		Router:     m,
 		Handler:    handler,
 		Registerer: reg,
