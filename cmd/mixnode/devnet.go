@@ -237,17 +237,38 @@ func runDevnet(ctx context.Context, o devnetOptions) error {
 		return err
 	}
 	plan := devnetPlan()
-	lab, hosts, err := buildLab(plan)
-	if err != nil {
-		return fmt.Errorf("devnet: %w (the local network needs root for its namespaces)", err)
-	}
-	defer func() {
-		if err := lab.Close(); err != nil {
-			log.Error("removing namespaces", "err", err)
-		} else {
-			log.Info("namespaces removed", "run", lab.ID())
+	hosts := make(map[string]host)
+	runID := "loopback"
+	internetPorts := []string{"--http", ":80", "--dns", ":53", "--echo", ":7"}
+	if os.Geteuid() == 0 {
+		lab, nsHosts, err := buildLab(plan)
+		if err != nil {
+			return fmt.Errorf("devnet: %w", err)
 		}
-	}()
+		defer func() {
+			if err := lab.Close(); err != nil {
+				log.Error("removing namespaces", "err", err)
+			} else {
+				log.Info("namespaces removed", "run", lab.ID())
+			}
+		}()
+		for name, h := range nsHosts {
+			hosts[name] = h
+		}
+		runID = lab.ID()
+	} else {
+		// Without root: every host on its own loopback address, 127.0.0.N,
+		// no namespaces, unprivileged ports for the internet host, and
+		// exits without a TUN device (they carry cover, loops and session
+		// control, but no IP traffic).
+		log.Warn("not root: running the local network on loopback addresses; exits carry no IP traffic")
+		for i := range plan {
+			plan[i].Addr4 = netip.AddrFrom4([4]byte{127, 0, 0, plan[i].Addr4.As4()[3]})
+			plan[i].Addr6 = netip.IPv6Loopback()
+			hosts[plan[i].Name] = localHost{}
+		}
+		internetPorts = []string{"--http", ":8081", "--dns", ":5353", "--echo", ":7007"}
+	}
 	sup := &supervisor{log: log, logDir: o.RunDir}
 	defer sup.stop(3 * time.Second)
 
@@ -287,10 +308,15 @@ func runDevnet(ctx context.Context, o devnetOptions) error {
 		case "entry", "mix":
 		case "exit":
 			pool := exitPools[h.Name]
-			cfg.Exit = &exitConfig{Device: "mvexit0", Prefix4: pool[0], Prefix6: pool[1]}
+			dev := "mvexit0"
+			if os.Geteuid() != 0 {
+				dev = noDevice
+			}
+			cfg.Exit = &exitConfig{Device: dev, Prefix4: pool[0], Prefix6: pool[1]}
 		case "internet":
-			cmd := hosts[h.Name].Command(ctx, self, "internet",
-				"--name", "internet.mixvpn.test="+h.Addr4.String(), "--name", "internet.mixvpn.test="+h.Addr6.String())
+			args := append([]string{"internet", "--name", "internet.mixvpn.test=" + h.Addr4.String(),
+				"--name", "internet.mixvpn.test=" + h.Addr6.String()}, internetPorts...)
+			cmd := hosts[h.Name].Command(ctx, self, args...)
 			if err := sup.start(h.Name, cmd); err != nil {
 				return err
 			}
@@ -317,13 +343,13 @@ func runDevnet(ctx context.Context, o devnetOptions) error {
 	}); err != nil {
 		return err
 	}
-	st := devnetState{ID: lab.ID(), DirectoryURL: dirURL, DirectoryKey: pub, LogDir: o.RunDir, Hosts: plan}
+	st := devnetState{ID: runID, DirectoryURL: dirURL, DirectoryKey: pub, LogDir: o.RunDir, Hosts: plan}
 	if o.StateFile != "" {
 		if err := writeState(o.StateFile, st); err != nil {
 			return err
 		}
 	}
-	fmt.Printf("local network %s is up: %d nodes, directory %s, logs in %s\n", lab.ID(), nodes, dirURL, o.RunDir)
+	fmt.Printf("local network %s is up: %d nodes, directory %s, logs in %s\n", runID, nodes, dirURL, o.RunDir)
 	for _, h := range plan {
 		fmt.Printf("  %-9s %-9s %-15s %s %s\n", h.Name, h.Role, h.Addr4, h.NS, h.Country)
 	}
@@ -350,7 +376,7 @@ var exitPools = map[string][2]string{
 }
 
 // startNodeProcess writes cfg and starts `mixnode run` in h.
-func startNodeProcess(sup *supervisor, h *netns.Host, self, runDir string, cfg nodeConfig) (string, error) {
+func startNodeProcess(sup *supervisor, h host, self, runDir string, cfg nodeConfig) (string, error) {
 	path := filepath.Join(runDir, cfg.ID+".json")
 	b, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {
@@ -360,4 +386,26 @@ func startNodeProcess(sup *supervisor, h *netns.Host, self, runDir string, cfg n
 		return "", err
 	}
 	return path, sup.start(cfg.ID, h.Command(context.Background(), self, "run", "--config", path))
+}
+
+// host runs commands on one host of the local network: inside its
+// namespace as root, or directly on this machine otherwise.
+type host interface {
+	Command(ctx context.Context, name string, args ...string) *exec.Cmd
+	Output(name string, args ...string) (string, error)
+}
+
+// localHost runs commands directly (the unprivileged, loopback network).
+type localHost struct{}
+
+func (localHost) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, name, args...)
+}
+
+func (localHost) Output(name string, args ...string) (string, error) {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("%s: %w: %s", name, err, out)
+	}
+	return string(out), nil
 }

@@ -157,12 +157,17 @@ func runNode(ctx context.Context, c *nodeConfig, log *slog.Logger) error {
 		if cfg.Prefix6, err = netip.ParsePrefix(c.Exit.Prefix6); err != nil {
 			return fmt.Errorf("exit prefix6: %w", err)
 		}
-		dev, err := exitnat.Open(exitnat.Config{Name: c.Exit.Device, Prefix4: cfg.Prefix4, Prefix6: cfg.Prefix6})
-		if err != nil {
-			return err
+		if c.Exit.Device == noDevice {
+			log.Warn("exit has no packet device: sessions open, IP packets are dropped")
+			cfg.ExitDevice = newDiscardDevice(ctx)
+		} else {
+			dev, err := exitnat.Open(exitnat.Config{Name: c.Exit.Device, Prefix4: cfg.Prefix4, Prefix6: cfg.Prefix6})
+			if err != nil {
+				return err
+			}
+			defer dev.Close()
+			cfg.ExitDevice = dev
 		}
-		defer dev.Close()
-		cfg.ExitDevice = dev
 	}
 	return server.Run(ctx, cfg)
 }
@@ -189,3 +194,20 @@ func runDirectory(ctx context.Context, c *nodeConfig, log *slog.Logger) error {
 	log.Info("directory serving", "listen", c.Listen, "key", pub)
 	return auth.Serve(ctx, ln)
 }
+
+// noDevice as an exit's device name runs the exit without a TUN, for the
+// unprivileged local network.
+const noDevice = "none"
+
+// discardDevice is a packet device that drops what is written and never
+// has anything to read.
+type discardDevice struct{ done <-chan struct{} }
+
+func newDiscardDevice(ctx context.Context) discardDevice { return discardDevice{done: ctx.Done()} }
+
+func (d discardDevice) Read([][]byte, []int, int) (int, error) {
+	<-d.done
+	return 0, os.ErrClosed
+}
+func (discardDevice) Write(bufs [][]byte, _ int) (int, error) { return len(bufs), nil }
+func (discardDevice) BatchSize() int                          { return 1 }

@@ -19,7 +19,6 @@ import (
 
 // captureRouter records the packets an exit sends into the mixnet.
 type captureRouter struct {
-	mu   sync.Mutex
 	sent chan routed
 }
 

@@ -118,3 +118,30 @@ func TestDevnetCarriesProbesAndCleansUp(t *testing.T) {
 		t.Fatalf("exit cannot reach the internet host: %v %s", err, out)
 	}
 }
+
+// TestDevnetWithoutRoot: an unprivileged user gets the same network on
+// loopback addresses, and probes cross it.
+func TestDevnetWithoutRoot(t *testing.T) {
+	needRoot(t) // to become the unprivileged user
+	if _, err := exec.LookPath("setpriv"); err != nil {
+		t.Skip("setpriv (util-linux) is needed to drop privileges")
+	}
+	dir, err := os.MkdirTemp("", "mixvpn-e2e-noroot-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o777)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+		bin("mixnode"), "devnet", "--demo", "--run-dir", filepath.Join(dir, "run"))
+	cmd.Env = append(os.Environ(), "HOME="+dir)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("unprivileged devnet: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "local network loopback is up") || !strings.Contains(string(out), "200 of 200 answered") {
+		t.Fatalf("unexpected output:\n%s", out)
+	}
+}

@@ -24,6 +24,7 @@ func TestMain(m *testing.M) {
 		if err := cmd.Run(); err != nil {
 			panic("building binaries: " + err.Error())
 		}
+		os.Chmod(dir, 0o755) // the unprivileged test runs them too
 		bins = dir
 		code := m.Run()
 		os.RemoveAll(dir)
