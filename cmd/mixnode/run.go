@@ -70,7 +70,7 @@ func (d *duration) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-func loadConfig(path string) (*nodeConfig, error) {
+func loadConfig(path string, override func(*nodeConfig)) (*nodeConfig, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
@@ -80,6 +80,9 @@ func loadConfig(path string) (*nodeConfig, error) {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&c); err != nil {
 		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	if override != nil {
+		override(&c)
 	}
 	if err := c.validate(); err != nil {
 		return nil, fmt.Errorf("config %s: %w", path, err)
@@ -119,11 +122,23 @@ func (c *nodeConfig) epochs() directory.Epochs {
 
 func runCommand(logger func() *slog.Logger) *cobra.Command {
 	var path string
+	var over nodeConfig
 	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Run one node (directory, entry, mix or exit) from a configuration file",
+		Long:  "run starts one node from a JSON configuration file; the flags override the file's fields.",
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := loadConfig(path)
+			cfg, err := loadConfig(path, func(c *nodeConfig) {
+				for flag, set := range map[string]func(){
+					"id": func() { c.ID = over.ID }, "listen": func() { c.Listen = over.Listen },
+					"data-dir": func() { c.DataDir = over.DataDir }, "metrics": func() { c.Metrics = over.Metrics },
+					"advertise": func() { c.Advertise = over.Advertise },
+				} {
+					if cmd.Flags().Changed(flag) {
+						set()
+					}
+				}
+			})
 			if err != nil {
 				return err
 			}
@@ -131,6 +146,11 @@ func runCommand(logger func() *slog.Logger) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVarP(&path, "config", "c", "", "configuration file (JSON)")
+	cmd.Flags().StringVar(&over.ID, "id", "", "node id")
+	cmd.Flags().StringVar(&over.Listen, "listen", "", "link (or, for the directory, HTTP) listen address")
+	cmd.Flags().StringVar(&over.Advertise, "advertise", "", "address published in the directory")
+	cmd.Flags().StringVar(&over.DataDir, "data-dir", "", "directory for the node's keys")
+	cmd.Flags().StringVar(&over.Metrics, "metrics", "", "Prometheus metrics listen address")
 	cmd.MarkFlagRequired("config")
 	return cmd
 }
