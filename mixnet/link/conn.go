@@ -143,6 +143,8 @@ func Client(ctx context.Context, nc net.Conn, peerKey [32]byte, cfg Config) (*Co
 	if err != nil {
 		return nil, fmt.Errorf("%w: responder is not the expected key: %v", ErrHandshake, err)
 	}
+	// Clear the handshake deadline before the link's own loops set theirs.
+	stop()
 	return start(nc, cfg, peerKey, send, recv), nil
 }
 
@@ -183,16 +185,22 @@ func Server(ctx context.Context, nc net.Conn, cfg Config, authorize func(peer [3
 	if err := writeHandshake(nc, msg); err != nil {
 		return nil, err
 	}
+	stop()
 	return start(nc, cfg, peer, send, recv), nil
 }
 
-// deadline bounds the handshake by timeout and by ctx.
+// deadline bounds the handshake by timeout and by ctx. stop is idempotent:
+// it runs once the handshake is done (before the link's loops start and
+// set their own deadlines) and again, harmlessly, on the way out.
 func deadline(ctx context.Context, nc net.Conn, timeout time.Duration) (stop func()) {
 	nc.SetDeadline(time.Now().Add(timeout))
 	cancel := context.AfterFunc(ctx, func() { nc.SetDeadline(time.Unix(1, 0)) })
+	var once sync.Once
 	return func() {
-		cancel()
-		nc.SetDeadline(time.Time{})
+		once.Do(func() {
+			cancel()
+			nc.SetDeadline(time.Time{})
+		})
 	}
 }
 
