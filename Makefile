@@ -12,7 +12,7 @@ NET_PKGS  := iproute2 nftables tcpdump iperf3 wireguard-tools procps iputils-pin
 GUI_PKGS  := gcc pkg-config libgl1-mesa-dev libxcursor-dev libxrandr-dev libxinerama-dev libxi-dev libxxf86vm-dev xvfb
 TOOL_PKGS := protobuf-compiler
 
-.PHONY: all deps build test unit e2e fuzz fuzz-short bench bench-net lint demo proto clean
+.PHONY: all deps build test unit e2e fuzz fuzz-short bench bench-net lint demo clean
 
 all: build
 
@@ -53,6 +53,12 @@ fuzz:
 
 bench:
 	$(GO) test -run='^$$' -bench=. -benchmem -count=1 ./...
+
+# bench-net builds the local network, measures it and prints one
+# key=value line per figure, all from one run (root).
+bench-net: build
+	@if [ "$$(id -u)" != 0 ]; then echo "make bench-net needs root: the local network runs in network namespaces" >&2; exit 1; fi
+	@$(BIN)/mixnode devnet --bench 2>/dev/null | grep '='
 
 lint:
 	@bad=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

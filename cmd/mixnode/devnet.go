@@ -193,6 +193,7 @@ type devnetOptions struct {
 	RunDir    string
 	StateFile string
 	Demo      bool
+	Bench     bool
 	Duration  time.Duration
 	Epoch     time.Duration
 	Log       *slog.Logger
@@ -215,6 +216,7 @@ network, prints what happened and stops.`,
 	cmd.Flags().StringVar(&o.RunDir, "run-dir", "", "directory for configs, keys and logs (default: a new temporary one)")
 	cmd.Flags().StringVar(&o.StateFile, "state", "", "write where everything is to this JSON file")
 	cmd.Flags().BoolVar(&o.Demo, "demo", false, "send probe traffic through the network, report and stop")
+	cmd.Flags().BoolVar(&o.Bench, "bench", false, "measure the network, print key=value figures and stop")
 	cmd.Flags().DurationVar(&o.Duration, "duration", 0, "stop after this long (default: run until interrupted)")
 	cmd.Flags().DurationVar(&o.Epoch, "epoch", time.Hour, "key epoch length")
 	return cmd
@@ -354,6 +356,11 @@ func runDevnet(ctx context.Context, o devnetOptions) error {
 		fmt.Printf("  %-9s %-9s %-15s %s %s\n", h.Name, h.Role, h.Addr4, h.NS, h.Country)
 	}
 
+	if o.Bench {
+		cmd := client.Command(ctx, self, "probe", "--directory", dirURL, "--key", pub, "--packets", "500", "--kv")
+		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		return cmd.Run()
+	}
 	if o.Demo {
 		cmd := client.Command(ctx, self, "probe", "--directory", dirURL, "--key", pub, "--packets", "200")
 		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr

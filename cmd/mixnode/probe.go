@@ -33,6 +33,8 @@ type probeOptions struct {
 	WaitReady int
 	Packets   int
 	MeanDelay time.Duration
+	// KV prints the figures as key=value lines for make bench-net.
+	KV bool
 }
 
 func probeCommand() *cobra.Command {
@@ -49,6 +51,7 @@ func probeCommand() *cobra.Command {
 	cmd.Flags().IntVar(&o.WaitReady, "ready", 0, "only check that the directory and every node in it see N nodes")
 	cmd.Flags().IntVar(&o.Packets, "packets", 100, "probe packets to send")
 	cmd.Flags().DurationVar(&o.MeanDelay, "mean-delay", 15*time.Millisecond, "mean per-mix delay")
+	cmd.Flags().BoolVar(&o.KV, "kv", false, "print figures as key=value lines")
 	return cmd
 }
 
@@ -209,6 +212,17 @@ func runProbe(ctx context.Context, o probeOptions) error {
 		fmt.Printf("probe: round trip mean %v, p50 %v, p90 %v (6 mix delays of mean %v: model %v plus processing)\n",
 			(sum / time.Duration(len(got))).Round(time.Millisecond), got[len(got)/2].Round(time.Millisecond),
 			got[len(got)*9/10].Round(time.Millisecond), o.MeanDelay, 6*o.MeanDelay)
+	}
+	if o.KV && len(got) > 0 {
+		var sum time.Duration
+		for _, r := range got {
+			sum += r
+		}
+		ms := func(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d)/float64(time.Millisecond)) }
+		fmt.Printf("mix_probe_answered=%d\nmix_probe_sent=%d\n", len(got), o.Packets)
+		fmt.Printf("mix_probe_rtt_ms=%s\nmix_probe_rtt_p50_ms=%s\nmix_probe_rtt_p90_ms=%s\nmix_probe_model_rtt_ms=%s\n",
+			ms(sum/time.Duration(len(got))), ms(got[len(got)/2]), ms(got[len(got)*9/10]), ms(6*o.MeanDelay))
+		return nil
 	}
 	fmt.Println("probe: packets each node processed (mixnode_packets_in_total):")
 	for _, d := range doc.Nodes {
