@@ -71,7 +71,7 @@ type Exit struct {
 	mu       sync.Mutex
 	sessions map[session.ID]*exitSession
 	byAddr   map[netip.Addr]*exitSession
-	nextHost uint32
+	pool     *pool
 
 	stats struct {
 		packetsOut, packetsIn, replies, dropped, spoofed, noSURB atomic.Uint64
@@ -134,7 +134,7 @@ func NewExit(cfg ExitConfig) (*Exit, error) {
 		wake:     make(chan struct{}, 1),
 		sessions: make(map[session.ID]*exitSession),
 		byAddr:   make(map[netip.Addr]*exitSession),
-		nextHost: 2,
+		pool:     newPool(cfg.Prefix4, cfg.Prefix6),
 	}
 	if e.log == nil {
 		e.log = slog.New(slog.DiscardHandler)
@@ -233,7 +233,7 @@ func (e *Exit) session(id session.ID, create bool) (*exitSession, error) {
 	if len(e.sessions) >= e.cfg.MaxSessions {
 		return nil, fmt.Errorf("gateway: session limit of %d reached", e.cfg.MaxSessions)
 	}
-	v4, v6, err := e.allocate()
+	v4, v6, err := e.pool.take()
 	if err != nil {
 		return nil, err
 	}
@@ -243,35 +243,6 @@ func (e *Exit) session(id session.ID, create bool) (*exitSession, error) {
 	e.byAddr[v6] = s
 	e.log.Info("session opened", "v4", v4, "v6", v6)
 	return s, nil
-}
-
-// allocate finds a free host number present in both pools. Called with mu.
-func (e *Exit) allocate() (netip.Addr, netip.Addr, error) {
-	hosts := uint32(1)<<(32-e.cfg.Prefix4.Bits()) - 2
-	for range hosts {
-		h := e.nextHost
-		e.nextHost++
-		if e.nextHost > hosts {
-			e.nextHost = 2
-		}
-		v4 := addHost(e.cfg.Prefix4.Masked().Addr(), h)
-		v6 := addHost(e.cfg.Prefix6.Masked().Addr(), h)
-		if e.byAddr[v4] == nil && e.byAddr[v6] == nil {
-			return v4, v6, nil
-		}
-	}
-	return netip.Addr{}, netip.Addr{}, errors.New("gateway: address pool exhausted")
-}
-
-func addHost(base netip.Addr, h uint32) netip.Addr {
-	b := base.AsSlice()
-	for i := len(b) - 1; i >= 0 && h > 0; i-- {
-		sum := uint32(b[i]) + h&0xff
-		b[i] = byte(sum)
-		h = h>>8 + sum>>8
-	}
-	a, _ := netip.AddrFromSlice(b)
-	return a
 }
 
 // writeOut sends a session's reassembled packets to the device, refusing
@@ -408,6 +379,7 @@ func (e *Exit) remove(id session.ID, s *exitSession) {
 	delete(e.sessions, id)
 	delete(e.byAddr, s.v4)
 	delete(e.byAddr, s.v6)
+	e.pool.give(s.v4, s.v6)
 	e.log.Info("session closed", "v4", s.v4)
 }
 
