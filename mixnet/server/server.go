@@ -61,8 +61,10 @@ type Config struct {
 	// ExitDevice and the prefixes are required for the exit role.
 	ExitDevice       gateway.PacketDevice
 	Prefix4, Prefix6 netip.Prefix
-	// WireGuard, if set, is published in the descriptor (Fast mode).
+	// WireGuard, if set, is published in the descriptor, and Registry
+	// answers clients' registration requests (Fast mode).
 	WireGuard *directory.WireGuard
+	Registry  *gateway.Registry
 	// Ready, if set, is called once the node listens and has published.
 	Ready  func()
 	Logger *slog.Logger
@@ -76,6 +78,9 @@ type Node struct {
 	Exit     *gateway.Exit
 	Address  sphinx.Address
 	LinkKey  link.KeyPair
+
+	role     directory.Role
+	registry *gateway.Registry
 }
 
 // LoadOrCreateIdentity reads the ed25519 identity from path or creates it
@@ -185,7 +190,7 @@ func Build(cfg Config) (*Node, func(context.Context) error, error) {
 		}
 		return 0
 	}))
-	n := &Node{Mesh: m, Address: self, LinkKey: linkKey}
+	n := &Node{Mesh: m, Address: self, LinkKey: linkKey, role: cfg.Role, registry: cfg.Registry}
 	var handler node.Handler
 	switch cfg.Role {
 	case directory.RoleEntry:
@@ -261,10 +266,26 @@ func Build(cfg Config) (*Node, func(context.Context) error, error) {
 		goRun("links", func(ctx context.Context) error {
 			return link.Serve(ctx, ln, link.ListenerConfig{
 				Config:    link.Config{Static: linkKey, Logger: log, Handler: n.onFrame},
-				Authorize: n.authorize(cfg.Role),
+				Authorize: n.authorize(cfg.Role, cfg.Registry != nil),
 				OnConn:    n.onConn,
 			})
 		})
+		if cfg.Registry != nil {
+			goRun("registry", func(ctx context.Context) error {
+				for {
+					select {
+					case <-ctx.Done():
+						return nil
+					case <-time.After(30 * time.Second):
+					}
+					if n, err := cfg.Registry.Expire(); err != nil {
+						log.Warn("registration expiry", "err", err)
+					} else if n > 0 {
+						log.Info("registrations expired", "count", n)
+					}
+				}
+			})
+		}
 		if cfg.MetricsListen != "" {
 			goRun("metrics", func(ctx context.Context) error { return serveMetrics(ctx, cfg.MetricsListen, reg) })
 		}
@@ -329,21 +350,31 @@ func follow(ctx context.Context, f *directory.Fetcher, m *mesh.Mesh, keys *keyCa
 }
 
 // authorize admits nodes in the directory everywhere, and anyone else only
-// at an entry gateway, as a client.
-func (n *Node) authorize(role directory.Role) func([32]byte) error {
+// at an entry gateway, or at a gateway that takes registrations, as a
+// client.
+func (n *Node) authorize(role directory.Role, registers bool) func([32]byte) error {
 	return func(peer [32]byte) error {
-		if n.Mesh.NodeByLinkKey(peer) != nil || role == directory.RoleEntry {
+		if n.Mesh.NodeByLinkKey(peer) != nil || role == directory.RoleEntry || registers {
 			return nil
 		}
 		return errors.New("not a node of the current directory")
 	}
 }
 
-// onFrame takes frames from accepted links: packets, from nodes and from
-// clients alike, go into the pipeline.
-func (n *Node) onFrame(_ *link.Conn, t link.FrameType, body []byte) {
-	if t == link.FramePacket {
-		n.Pipeline.Receive(body)
+// onFrame takes frames from accepted links. Packets from nodes, and from
+// clients at an entry, go into the pipeline; a client's packets at an exit
+// are dropped (clients reach exits only through the mixnet). Control frames
+// are registration requests.
+func (n *Node) onFrame(c *link.Conn, t link.FrameType, body []byte) {
+	switch t {
+	case link.FramePacket:
+		if n.role == directory.RoleEntry || n.Mesh.NodeByLinkKey(c.PeerKey()) != nil {
+			n.Pipeline.Receive(body)
+		}
+	case link.FrameControl:
+		if n.registry != nil {
+			c.SendControl(n.registry.Handle(body))
+		}
 	}
 }
 

@@ -21,6 +21,7 @@ import (
 	"github.com/mixvpn/mixvpn/mixnet/gateway"
 	"github.com/mixvpn/mixvpn/mixnet/link"
 	"github.com/mixvpn/mixvpn/mixnet/node"
+	"github.com/mixvpn/mixvpn/mixnet/register"
 	"github.com/mixvpn/mixvpn/mixnet/session"
 	"github.com/mixvpn/mixvpn/mixnet/sphinx"
 )
@@ -206,5 +207,73 @@ func TestPacketsCrossEntryMixesExitAndRepliesReturn(t *testing.T) {
 	}
 	if s := exit.Stats(); s.Sessions != n {
 		t.Fatalf("%d sessions after the replay", s.Sessions)
+	}
+}
+
+// fakePeers stands in for the WireGuard server.
+type fakePeers struct{ added chan [32]byte }
+
+func (f *fakePeers) AddPeer(k [32]byte, _ []netip.Prefix) error { f.added <- k; return nil }
+func (f *fakePeers) RemovePeer([32]byte) error                  { return nil }
+func (f *fakePeers) LastHandshake([32]byte) (time.Time, error)  { return time.Time{}, nil }
+
+// A client registers its WireGuard key over an authenticated link with a
+// control frame and gets its inner addresses back.
+func TestRegistrationOverLink(t *testing.T) {
+	peers := &fakePeers{added: make(chan [32]byte, 1)}
+	reg, err := gateway.NewRegistry(gateway.RegistryConfig{Peers: peers,
+		Prefix4: netip.MustParsePrefix("10.70.0.0/24"), Prefix6: netip.MustParsePrefix("fd00:70::/64"),
+		ServerKey: [32]byte{7}, Endpoint: netip.MustParseAddrPort("127.0.0.1:51820")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+	epochs := directory.Epochs{Genesis: time.Now().Add(-time.Minute), Length: time.Hour}
+	auth, _ := directory.NewAuthority(directory.AuthorityConfig{Key: priv, Epochs: epochs})
+	srv := httptest.NewServer(auth.Handler())
+	defer srv.Close()
+	n, run, err := Build(Config{ID: "entry", Role: directory.RoleEntry, Listen: freeAddr(t), DataDir: t.TempDir(),
+		DirectoryURL: srv.URL, DirectoryKey: pub, Epochs: epochs, Registry: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); run(ctx) }()
+	defer func() { cancel(); <-done }()
+	doc, err := (&directory.Fetcher{URL: srv.URL, Key: pub}).Fetch(ctx)
+	for i := 0; err == nil && len(doc.Nodes) == 0 && i < 100; i++ {
+		time.Sleep(20 * time.Millisecond)
+		doc, err = (&directory.Fetcher{URL: srv.URL, Key: pub}).Fetch(ctx)
+	}
+	if err != nil || len(doc.Nodes) != 1 {
+		t.Fatalf("directory: %v", err)
+	}
+	answers := make(chan []byte, 1)
+	ck, _ := link.GenerateKey()
+	c, err := link.Dial(ctx, doc.Nodes[0].Address, n.LinkKey.Public, link.Config{Static: ck, Handler: func(_ *link.Conn, ft link.FrameType, body []byte) {
+		if ft == link.FrameControl {
+			answers <- bytes.Clone(body)
+		}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	wgKey := [32]byte{0xc1}
+	req, _ := register.Marshal(register.Request{Version: register.Version, PublicKey: wgKey[:]})
+	c.SendControl(req)
+	var raw []byte
+	select {
+	case raw = <-answers:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no registration answer")
+	}
+	resp, err := register.ParseResponse(raw)
+	if err != nil || resp.Error != "" || resp.Addr4 != netip.MustParseAddr("10.70.0.2") {
+		t.Fatalf("response %+v %v", resp, err)
+	}
+	if got := <-peers.added; got != wgKey {
+		t.Fatal("the WireGuard server was not given the client's key")
 	}
 }
