@@ -306,6 +306,12 @@ func runDevnet(ctx context.Context, o devnetOptions) error {
 			Metrics:      net.JoinHostPort(h.Addr4.String(), "9100"),
 			DirectoryURL: dirURL, DirectoryKey: pub, EpochGenesis: genesis, EpochLength: duration(o.Epoch),
 			PublishInterval: duration(5 * time.Second), RefreshInterval: duration(2 * time.Second)}
+		if (h.Role == "entry" || h.Role == "exit") && os.Geteuid() == 0 {
+			pool := wireGuardPools[h.Name]
+			// UAPI sockets live in one directory for all namespaces: names
+			// must differ.
+			cfg.WireGuard = &wireGuardConfig{Device: "wg-" + h.Name, Port: 51820, Prefix4: pool[0], Prefix6: pool[1]}
+		}
 		switch h.Role {
 		case "entry", "mix":
 		case "exit":
@@ -374,6 +380,14 @@ func runDevnet(ctx context.Context, o devnetOptions) error {
 	fmt.Println("press Ctrl-C to stop")
 	<-ctx.Done()
 	return nil
+}
+
+// wireGuardPools are each gateway's Fast-mode client pools.
+var wireGuardPools = map[string][2]string{
+	"entry1": {"10.101.0.0/16", "fd00:6d77:11::/64"},
+	"entry2": {"10.102.0.0/16", "fd00:6d77:12::/64"},
+	"exit1":  {"10.151.0.0/16", "fd00:6d77:51::/64"},
+	"exit2":  {"10.152.0.0/16", "fd00:6d77:52::/64"},
 }
 
 // exitPools are the session address pools of each exit.

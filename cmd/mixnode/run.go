@@ -18,8 +18,11 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mixvpn/mixvpn/mixnet/directory"
+	"github.com/mixvpn/mixvpn/mixnet/gateway"
+	"github.com/mixvpn/mixvpn/mixnet/link"
 	"github.com/mixvpn/mixvpn/mixnet/server"
 	"github.com/mixvpn/mixvpn/platform/exitnat"
+	"github.com/mixvpn/mixvpn/platform/wgserver"
 )
 
 // nodeConfig is a node's configuration file (JSON).
@@ -44,6 +47,15 @@ type nodeConfig struct {
 	RefreshInterval duration `json:"refresh_interval,omitempty"`
 	// Exit is the exit gateway's device and address pools.
 	Exit *exitConfig `json:"exit,omitempty"`
+	// WireGuard runs a gateway's Fast-mode WireGuard server.
+	WireGuard *wireGuardConfig `json:"wireguard,omitempty"`
+}
+
+type wireGuardConfig struct {
+	Device  string `json:"device,omitempty"`
+	Port    int    `json:"port"`
+	Prefix4 string `json:"prefix4"`
+	Prefix6 string `json:"prefix6"`
 }
 
 type exitConfig struct {
@@ -113,6 +125,9 @@ func (c *nodeConfig) validate() error {
 	if c.Role == "exit" && c.Exit == nil {
 		return errors.New("an exit needs an \"exit\" section with its address pools")
 	}
+	if c.WireGuard != nil && c.Role == "mix" {
+		return errors.New("only gateways run WireGuard")
+	}
 	return nil
 }
 
@@ -170,6 +185,26 @@ func runNode(ctx context.Context, c *nodeConfig, log *slog.Logger) error {
 		PublishInterval: time.Duration(c.PublishInterval), RefreshInterval: time.Duration(c.RefreshInterval),
 		MetricsListen: c.Metrics, Logger: log,
 	}
+	var wgPools []netip.Prefix
+	if c.WireGuard != nil {
+		stop, pools, err := startWireGuard(c, &cfg, log)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		wgPools = pools
+	}
+	if c.Role == "entry" && len(wgPools) > 0 {
+		// Clients' inner tunnels leave the entry for exits with the entry's
+		// own address, so exits never see a client's.
+		if err := exitnat.EnableForwarding(); err != nil {
+			return err
+		}
+		if err := exitnat.Masquerade("mixvpn_entry", wgPools...); err != nil {
+			return err
+		}
+		defer exitnat.RemoveTable("mixvpn_entry")
+	}
 	if c.Role == "exit" {
 		if cfg.Prefix4, err = netip.ParsePrefix(c.Exit.Prefix4); err != nil {
 			return fmt.Errorf("exit prefix4: %w", err)
@@ -181,7 +216,7 @@ func runNode(ctx context.Context, c *nodeConfig, log *slog.Logger) error {
 			log.Warn("exit has no packet device: sessions open, IP packets are dropped")
 			cfg.ExitDevice = newDiscardDevice(ctx)
 		} else {
-			dev, err := exitnat.Open(exitnat.Config{Name: c.Exit.Device, Prefix4: cfg.Prefix4, Prefix6: cfg.Prefix6})
+			dev, err := exitnat.Open(exitnat.Config{Name: c.Exit.Device, Prefix4: cfg.Prefix4, Prefix6: cfg.Prefix6, Extra: wgPools})
 			if err != nil {
 				return err
 			}
@@ -231,3 +266,57 @@ func (d discardDevice) Read([][]byte, []int, int) (int, error) {
 }
 func (discardDevice) Write(bufs [][]byte, _ int) (int, error) { return len(bufs), nil }
 func (discardDevice) BatchSize() int                          { return 1 }
+
+// startWireGuard runs the gateway's WireGuard server with a key kept in the
+// data directory, and a registry that hands clients slots on it.
+func startWireGuard(c *nodeConfig, cfg *server.Config, log *slog.Logger) (stop func(), pools []netip.Prefix, err error) {
+	w := c.WireGuard
+	p4, err := netip.ParsePrefix(w.Prefix4)
+	if err != nil {
+		return nil, nil, fmt.Errorf("wireguard prefix4: %w", err)
+	}
+	p6, err := netip.ParsePrefix(w.Prefix6)
+	if err != nil {
+		return nil, nil, fmt.Errorf("wireguard prefix6: %w", err)
+	}
+	key, err := link.LoadOrCreateKey(filepath.Join(c.DataDir, "wireguard.key"))
+	if err != nil {
+		return nil, nil, err
+	}
+	if w.Device == "" {
+		w.Device = "mvwg0"
+	}
+	first := func(p netip.Prefix) netip.Prefix { return netip.PrefixFrom(p.Masked().Addr().Next(), p.Bits()) }
+	srv, err := wgserver.Start(wgserver.Config{Name: w.Device, PrivateKey: key.Private, ListenPort: w.Port,
+		Addrs: []netip.Prefix{first(p4), first(p6)}, Logger: log})
+	if err != nil {
+		return nil, nil, err
+	}
+	host, _, err := net.SplitHostPort(cmpOr(c.Advertise, c.Listen))
+	if err != nil {
+		srv.Close()
+		return nil, nil, err
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		srv.Close()
+		return nil, nil, fmt.Errorf("wireguard endpoint needs an IP address, not %q", host)
+	}
+	endpoint := netip.AddrPortFrom(ip, uint16(w.Port))
+	reg, err := gateway.NewRegistry(gateway.RegistryConfig{Peers: srv, Prefix4: p4, Prefix6: p6,
+		ServerKey: key.Public, Endpoint: endpoint, Logger: log})
+	if err != nil {
+		srv.Close()
+		return nil, nil, err
+	}
+	cfg.Registry = reg
+	cfg.WireGuard = &directory.WireGuard{PublicKey: key.Public[:], Endpoint: endpoint.String()}
+	return func() { srv.Close() }, []netip.Prefix{p4.Masked(), p6.Masked()}, nil
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}

@@ -32,6 +32,9 @@ type Config struct {
 	// Prefix4 and Prefix6 are the sessions' pools; the device takes the
 	// first host address of each.
 	Prefix4, Prefix6 netip.Prefix
+	// Extra are further source prefixes to masquerade, such as the
+	// gateway's WireGuard clients.
+	Extra []netip.Prefix
 }
 
 // Device is the exit's TUN device with its NAT in place.
@@ -75,22 +78,31 @@ func (d *Device) setup(cfg Config) error {
 	if err := netlink.LinkSetUp(l); err != nil {
 		return fmt.Errorf("exitnat: up %s: %w", d.name, err)
 	}
+	if err := EnableForwarding(); err != nil {
+		return err
+	}
+	return Masquerade(TableName, append([]netip.Prefix{cfg.Prefix4, cfg.Prefix6}, cfg.Extra...)...)
+}
+
+// EnableForwarding turns on IPv4 and IPv6 forwarding in this namespace.
+func EnableForwarding() error {
 	for _, f := range []string{"/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"} {
 		if err := os.WriteFile(f, []byte("1"), 0o644); err != nil {
 			return fmt.Errorf("exitnat: enable forwarding: %w", err)
 		}
 	}
-	return masquerade(cfg.Prefix4, cfg.Prefix6)
+	return nil
 }
 
-// masquerade installs, atomically, a table that NATs the pools' traffic
-// to the outgoing interface's address.
-func masquerade(prefixes ...netip.Prefix) error {
+// Masquerade installs, atomically, a table of the given name that NATs the
+// prefixes' traffic to the outgoing interface's address. RemoveTable
+// takes it away.
+func Masquerade(name string, prefixes ...netip.Prefix) error {
 	c, err := nftables.New()
 	if err != nil {
 		return fmt.Errorf("exitnat: nftables: %w", err)
 	}
-	table := &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName}
+	table := &nftables.Table{Family: nftables.TableFamilyINet, Name: name}
 	c.AddTable(table)
 	c.FlushTable(table)
 	chain := c.AddChain(&nftables.Chain{
@@ -125,14 +137,24 @@ func sourceIn(p netip.Prefix, then expr.Any) []expr.Any {
 	}
 }
 
+// RemoveTable deletes a table made by Masquerade.
+func RemoveTable(name string) error {
+	c, err := nftables.New()
+	if err != nil {
+		return fmt.Errorf("exitnat: nftables: %w", err)
+	}
+	c.DelTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: name})
+	if err := c.Flush(); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("exitnat: remove table: %w", err)
+	}
+	return nil
+}
+
 // Close removes the NAT table and the device.
 func (d *Device) Close() error {
 	var errs []error
-	if c, err := nftables.New(); err == nil {
-		c.DelTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: TableName})
-		if err := c.Flush(); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, fmt.Errorf("exitnat: remove table: %w", err))
-		}
+	if err := RemoveTable(TableName); err != nil {
+		errs = append(errs, err)
 	}
 	if err := d.Device.Close(); err != nil {
 		errs = append(errs, err)
