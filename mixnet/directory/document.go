@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/mixvpn/mixvpn/mixnet/sphinx"
@@ -334,4 +335,33 @@ func (doc *Document) GatewaysIn(role Role, country string) []*Descriptor {
 		}
 	}
 	return out
+}
+
+// PickGateway chooses a gateway of role by want: a node ID, an ISO
+// country code (any gateway there), or empty (any gateway). pick chooses
+// among several; nil takes the first.
+func (doc *Document) PickGateway(role Role, want string, pick func(n int) int) (*Descriptor, error) {
+	if d := doc.ByID(want); d != nil && want != "" {
+		if d.Role != role {
+			return nil, fmt.Errorf("directory: %s is a %s, not a %s", want, d.Role, role)
+		}
+		return d, nil
+	}
+	country := ""
+	if len(want) == 2 {
+		country = strings.ToUpper(want)
+	} else if want != "" {
+		return nil, fmt.Errorf("directory: no %s gateway %q in epoch %d", role, want, doc.Epoch)
+	}
+	ds := doc.GatewaysIn(role, country)
+	if len(ds) == 0 {
+		if country != "" {
+			return nil, fmt.Errorf("directory: no %s gateway in country %s", role, country)
+		}
+		return nil, fmt.Errorf("directory: no %s gateway", role)
+	}
+	if pick == nil {
+		return ds[0], nil
+	}
+	return ds[pick(len(ds))], nil
 }

@@ -84,6 +84,7 @@ type exitSession struct {
 
 	mu       sync.Mutex
 	surbs    [][]byte
+	flushed  uint32   // seq of the last Flush obeyed
 	queue    [][]byte // IP packets waiting for a reply
 	queued   int      // bytes in queue
 	offset   int      // bytes of queue[0] already sent
@@ -186,6 +187,15 @@ func (e *Exit) Final(_ sphinx.Address, _ sphinx.MessageID, msg []byte) error {
 			s.control = append(s.control, pendingControl{session.RecordOpened, r.Seq()})
 		case session.RecordClose:
 			s.control = append(s.control, pendingControl{session.RecordClosed, r.Seq()})
+		case session.RecordFlush:
+			// A resent Flush must not throw away the SURBs that came
+			// after the first.
+			if seq := r.Seq(); seq > s.flushed {
+				s.flushed = seq
+				clear(s.surbs)
+				s.surbs = s.surbs[:0]
+			}
+			s.control = append(s.control, pendingControl{session.RecordAck, r.Seq()})
 		case session.RecordSURB:
 			if len(s.surbs) < e.cfg.MaxSURBs {
 				s.surbs = append(s.surbs, append([]byte(nil), r.Body...))

@@ -1,111 +1,34 @@
-package server
+package server_test
 
 import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
-	"log/slog"
-	"net"
 	"net/http/httptest"
 	"net/netip"
-	"os"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"golang.zx2c4.com/wireguard/tun/tuntest"
 
 	"github.com/mixvpn/mixvpn/mixnet/directory"
 	"github.com/mixvpn/mixvpn/mixnet/gateway"
 	"github.com/mixvpn/mixvpn/mixnet/link"
 	"github.com/mixvpn/mixvpn/mixnet/node"
 	"github.com/mixvpn/mixvpn/mixnet/register"
+	"github.com/mixvpn/mixvpn/mixnet/server"
+	"github.com/mixvpn/mixvpn/mixnet/server/servertest"
 	"github.com/mixvpn/mixvpn/mixnet/session"
 	"github.com/mixvpn/mixvpn/mixnet/sphinx"
 )
 
 func freeAddr(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := servertest.FreeAddr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
-type testNetwork struct {
-	nodes   map[string]*Node
-	authKey ed25519.PublicKey
-	dirURL  string
-}
-
-// startNetwork runs an authority and an entry, one mix per layer and an
-// exit, in process on loopback, each with its own data directory.
-func startNetwork(t *testing.T) *testNetwork {
-	t.Helper()
-	epochs := directory.Epochs{Genesis: time.Now().Add(-time.Minute), Length: time.Hour}
-	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
-	auth, err := directory.NewAuthority(directory.AuthorityConfig{Key: priv, Epochs: epochs})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(auth.Handler())
-	t.Cleanup(srv.Close)
-	tn := &testNetwork{nodes: map[string]*Node{}, authKey: pub, dirURL: srv.URL}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	specs := []struct {
-		id    string
-		role  directory.Role
-		layer int
-	}{{"entry", directory.RoleEntry, 0}, {"mix1", directory.RoleMix, 1}, {"mix2", directory.RoleMix, 2}, {"mix3", directory.RoleMix, 3}, {"exit", directory.RoleExit, 0}}
-	for _, s := range specs {
-		cfg := Config{
-			ID: s.id, Role: s.role, Layer: s.layer, Listen: freeAddr(t), DataDir: t.TempDir(),
-			DirectoryURL: srv.URL, DirectoryKey: pub, Epochs: epochs,
-			PublishInterval: time.Second, RefreshInterval: 200 * time.Millisecond, Logger: log,
-		}
-		if s.role == directory.RoleExit {
-			dev := tuntest.NewChannelTUN()
-			go func() {
-				for range dev.Inbound {
-				}
-			}()
-			cfg.ExitDevice = dev.TUN()
-			cfg.Prefix4 = netip.MustParsePrefix("100.64.0.0/16")
-			cfg.Prefix6 = netip.MustParsePrefix("fd00:64::/64")
-		}
-		n, run, err := Build(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tn.nodes[s.id] = n
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := run(ctx); err != nil {
-				t.Errorf("%s: %v", s.id, err)
-			}
-		}()
-	}
-	// Wait until every node sees all five in the document.
-	deadline := time.Now().Add(10 * time.Second)
-	for _, n := range tn.nodes {
-		for {
-			if d := n.Mesh.Document(); d != nil && len(d.Nodes) == len(specs) {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatal("nodes never saw the full document")
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	return tn
+	return addr
 }
 
 func hop(t *testing.T, doc *directory.Document, id string, delay time.Duration) sphinx.Hop {
@@ -118,14 +41,14 @@ func hop(t *testing.T, doc *directory.Document, id string, delay time.Duration) 
 }
 
 func TestPacketsCrossEntryMixesExitAndRepliesReturn(t *testing.T) {
-	tn := startNetwork(t)
-	fetch := &directory.Fetcher{URL: tn.dirURL, Key: tn.authKey}
+	tn := servertest.Start(t, servertest.Options{})
+	fetch := &directory.Fetcher{URL: tn.DirURL, Key: tn.AuthKey}
 	doc, err := fetch.Fetch(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	forward := []sphinx.Hop{hop(t, doc, "entry", 0), hop(t, doc, "mix1", time.Millisecond), hop(t, doc, "mix2", 2*time.Millisecond), hop(t, doc, "mix3", time.Millisecond), hop(t, doc, "exit", 0)}
-	reply := []sphinx.Hop{hop(t, doc, "mix1", time.Millisecond), hop(t, doc, "mix2", time.Millisecond), hop(t, doc, "mix3", time.Millisecond), hop(t, doc, "entry", 0)}
+	forward := []sphinx.Hop{hop(t, doc, "entry", 0), hop(t, doc, "mix1a", time.Millisecond), hop(t, doc, "mix2a", 2*time.Millisecond), hop(t, doc, "mix3a", time.Millisecond), hop(t, doc, "exit", 0)}
+	reply := []sphinx.Hop{hop(t, doc, "mix1a", time.Millisecond), hop(t, doc, "mix2a", time.Millisecond), hop(t, doc, "mix3a", time.Millisecond), hop(t, doc, "entry", 0)}
 
 	clientKey, _ := link.GenerateKey()
 	me := gateway.ClientAddress(clientKey.Public)
@@ -191,13 +114,13 @@ func TestPacketsCrossEntryMixesExitAndRepliesReturn(t *testing.T) {
 			t.Fatalf("only %d of %d sessions answered", len(opened), n)
 		}
 	}
-	exit := tn.nodes["exit"].Exit
+	exit := tn.Nodes["exit"].Exit
 	if s := exit.Stats(); s.Sessions != n || s.RepliesSent != n {
 		t.Fatalf("exit stats %+v", s)
 	}
 	// A replayed packet is dropped at the entry, and no new session appears.
 	c.Send(first)
-	drops := tn.nodes["entry"].Pipeline.Metrics().Drops.WithLabelValues(node.DropReplay)
+	drops := tn.Nodes["entry"].Pipeline.Metrics().Drops.WithLabelValues(node.DropReplay)
 	deadline := time.Now().Add(5 * time.Second)
 	for testutil.ToFloat64(drops) != 1 {
 		if time.Now().After(deadline) {
@@ -232,7 +155,7 @@ func TestRegistrationOverLink(t *testing.T) {
 	auth, _ := directory.NewAuthority(directory.AuthorityConfig{Key: priv, Epochs: epochs})
 	srv := httptest.NewServer(auth.Handler())
 	defer srv.Close()
-	n, run, err := Build(Config{ID: "entry", Role: directory.RoleEntry, Listen: freeAddr(t), DataDir: t.TempDir(),
+	n, run, err := server.Build(server.Config{ID: "entry", Role: directory.RoleEntry, Listen: freeAddr(t), DataDir: t.TempDir(),
 		DirectoryURL: srv.URL, DirectoryKey: pub, Epochs: epochs, Registry: reg})
 	if err != nil {
 		t.Fatal(err)

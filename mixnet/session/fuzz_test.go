@@ -18,7 +18,7 @@ func FuzzParse(f *testing.F) {
 		var r Reassembler
 		_, _ = Parse(msg, func(rec Record) error {
 			switch rec.Type {
-			case RecordOpen, RecordClose, RecordClosed, RecordAck:
+			case RecordOpen, RecordClose, RecordClosed, RecordAck, RecordFlush:
 				_ = rec.Seq()
 			case RecordOpened:
 				_, _, _ = rec.Opened()

@@ -53,6 +53,10 @@ const (
 	RecordAck RecordType = 7
 	// RecordStatus (exit→client): SURBs left in the exit's stock (16 bits).
 	RecordStatus RecordType = 8
+	// RecordFlush (client→exit): seq. The exit forgets the reply blocks
+	// it holds, for they may cross a mix the client now avoids, and acks;
+	// SURBs after it in the same message are kept.
+	RecordFlush RecordType = 9
 )
 
 // Errors for malformed messages.
@@ -94,7 +98,7 @@ func (r Record) Stock() uint16 { return binary.BigEndian.Uint16(r.Body) }
 // bodySize is the fixed body size of a record type, or -1 if it varies.
 func bodySize(t RecordType) (int, error) {
 	switch t {
-	case RecordOpen, RecordClose, RecordClosed, RecordAck:
+	case RecordOpen, RecordClose, RecordClosed, RecordAck, RecordFlush:
 		return 4, nil
 	case RecordOpened:
 		return 4 + 4 + 16, nil

@@ -1,0 +1,429 @@
+package client
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	mrand "math/rand/v2"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/mixvpn/mixvpn/mixnet/session"
+	"github.com/mixvpn/mixvpn/mixnet/sphinx"
+)
+
+// SessionConfig configures sessions. Zero values take the defaults.
+type SessionConfig struct {
+	// SURBTarget is the reply-block stock the client keeps at the exit;
+	// default 200: a second of replies at the default rate, so a
+	// download does not stall for a round trip waiting for SURBs.
+	SURBTarget int
+	// RetryInterval is how long a control record (Open, Close) waits for
+	// its answer before it is sent again; default 1 s, about ten mean
+	// round trips.
+	RetryInterval time.Duration
+	// KeepAlive sends SURBs to an otherwise idle exit this often, so it
+	// does not expire the session (it does after 60 s) and so reply
+	// blocks lost on the way are made up; default 20 s.
+	KeepAlive time.Duration
+	// MaxQueued bounds bytes of IP packets waiting to be sent; default
+	// 1 MiB.
+	MaxQueued int
+	// InboxSize bounds received IP packets waiting for ReadPacket;
+	// default 1024. Beyond it packets are dropped, as a full NIC would.
+	InboxSize int
+	// CloseTimeout bounds how long Close waits for the exit; default 5 s.
+	CloseTimeout time.Duration
+}
+
+func (c *SessionConfig) setDefaults() {
+	if c.SURBTarget <= 0 {
+		c.SURBTarget = 200
+	}
+	if c.RetryInterval <= 0 {
+		c.RetryInterval = time.Second
+	}
+	if c.KeepAlive <= 0 {
+		c.KeepAlive = 20 * time.Second
+	}
+	if c.MaxQueued <= 0 {
+		c.MaxQueued = 1 << 20
+	}
+	if c.InboxSize <= 0 {
+		c.InboxSize = 1024
+	}
+	if c.CloseTimeout <= 0 {
+		c.CloseTimeout = 5 * time.Second
+	}
+}
+
+// Errors of a session.
+var (
+	ErrSessionExists = errors.New("client: a session is already open")
+	ErrQueueFull     = errors.New("client: session send queue full")
+	ErrSessionClosed = errors.New("client: session closed")
+)
+
+// Session is a tunnel through the mixnet to one exit: IP packets written
+// go out in forward messages, and the exit's answers come back in the
+// reply blocks those messages carry.
+type Session struct {
+	c      *Client
+	cfg    SessionConfig
+	id     session.ID
+	exitID string
+	wake   chan struct{}
+	opened chan struct{}
+	closed chan struct{} // the exit answered Close
+	stop   chan struct{}
+	done   chan struct{}
+	in     chan []byte
+
+	mu        sync.Mutex
+	isOpen    bool
+	isClosed  bool
+	v4, v6    netip.Addr
+	queue     [][]byte
+	queued    int
+	offset    int
+	packetID  uint16
+	control   []pendingControl
+	seq       uint32
+	stock     int // last stock the exit reported
+	sentSince int // SURBs sent since that report
+	lastSent  time.Time
+	reasm     session.Reassembler
+	dropped   uint64
+}
+
+type pendingControl struct {
+	typ  session.RecordType
+	seq  uint32
+	last time.Time
+}
+
+// OpenSession opens a session with the configured exit (or a random one)
+// and returns once the exit has answered with the session's addresses.
+// Open is resent every RetryInterval until then. Run must be running.
+func (c *Client) OpenSession(ctx context.Context) (*Session, error) {
+	select {
+	case <-c.started:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("client: open session: %w", ctx.Err())
+	}
+	t := c.Topology()
+	exitID := c.cfg.Exit
+	if exitID == "" {
+		exitID = t.Exits[mrand.IntN(len(t.Exits))].ID
+	}
+	s := &Session{
+		c: c, cfg: c.cfg.Session, exitID: exitID,
+		wake: make(chan struct{}, 1), opened: make(chan struct{}), closed: make(chan struct{}),
+		stop: make(chan struct{}), done: make(chan struct{}), in: make(chan []byte, c.cfg.Session.InboxSize),
+	}
+	cryptoRead(s.id[:])
+	s.seq = 1
+	s.control = []pendingControl{{typ: session.RecordOpen, seq: 1}}
+	c.mu.Lock()
+	if c.sess != nil {
+		c.mu.Unlock()
+		return nil, ErrSessionExists
+	}
+	c.sess = s
+	c.mu.Unlock()
+	c.sessions.Go(func() { defer close(s.done); s.pack(c.runCtx) })
+	select {
+	case <-s.opened:
+		return s, nil
+	case <-ctx.Done():
+		s.shutdown()
+		return nil, fmt.Errorf("client: open session with %s: %w", exitID, ctx.Err())
+	case <-c.runCtx.Done():
+		s.shutdown()
+		return nil, fmt.Errorf("client: open session with %s: %w", exitID, ErrSessionClosed)
+	}
+}
+
+// Exit is the ID of the session's exit.
+func (s *Session) Exit() string { return s.exitID }
+
+// Addrs are the session's inner addresses, as the exit assigned them.
+func (s *Session) Addrs() (v4, v6 netip.Addr) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.v4, s.v6
+}
+
+// Dropped counts received IP packets dropped because the inbox was full.
+func (s *Session) Dropped() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.dropped
+}
+
+// WritePacket queues one IP packet (copied) for the exit. Packets are
+// bundled into messages and fragmented across them when large.
+func (s *Session) WritePacket(ip []byte) error {
+	if len(ip) == 0 || len(ip) > session.MaxIPPacket {
+		return fmt.Errorf("client: IP packet of %d bytes", len(ip))
+	}
+	s.mu.Lock()
+	if s.isClosed {
+		s.mu.Unlock()
+		return ErrSessionClosed
+	}
+	if s.queued+len(ip) > s.cfg.MaxQueued {
+		s.mu.Unlock()
+		return ErrQueueFull
+	}
+	s.queue = append(s.queue, bytes.Clone(ip))
+	s.queued += len(ip)
+	s.mu.Unlock()
+	s.kick()
+	return nil
+}
+
+// Packets delivers the IP packets the exit sends back, reassembled.
+func (s *Session) Packets() <-chan []byte { return s.in }
+
+// ReadPacket returns the next IP packet from the exit.
+func (s *Session) ReadPacket(ctx context.Context) ([]byte, error) {
+	select {
+	case p := <-s.in:
+		return p, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-s.done:
+		return nil, ErrSessionClosed
+	}
+}
+
+// Close asks the exit to end the session, waits up to CloseTimeout for its
+// answer, and stops the session.
+func (s *Session) Close() error {
+	s.mu.Lock()
+	if s.isClosed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.isClosed = true
+	s.seq++
+	s.control = append(s.control, pendingControl{typ: session.RecordClose, seq: s.seq})
+	s.mu.Unlock()
+	s.kick()
+	var err error
+	t := time.NewTimer(s.cfg.CloseTimeout)
+	defer t.Stop()
+	select {
+	case <-s.closed:
+	case <-s.done:
+	case <-t.C:
+		err = fmt.Errorf("client: exit %s did not answer Close", s.exitID)
+	}
+	s.shutdown()
+	return err
+}
+
+// flushSURBs has the exit forget its reply blocks and sends it fresh ones,
+// routed around the mixes now avoided.
+func (s *Session) flushSURBs() {
+	s.mu.Lock()
+	if s.isClosed {
+		s.mu.Unlock()
+		return
+	}
+	s.seq++
+	s.control = append(s.control, pendingControl{typ: session.RecordFlush, seq: s.seq})
+	s.stock, s.sentSince = 0, 0
+	s.mu.Unlock()
+	s.kick()
+}
+
+func (s *Session) shutdown() {
+	select {
+	case <-s.stop:
+	default:
+		close(s.stop)
+	}
+	<-s.done
+	s.c.mu.Lock()
+	if s.c.sess == s {
+		s.c.sess = nil
+	}
+	s.c.mu.Unlock()
+}
+
+func (s *Session) kick() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// pack builds forward messages and hands them, as Sphinx packets, to the
+// sender, one at a time: while the sender is busy, written packets
+// accumulate and go out bundled.
+func (s *Session) pack(ctx context.Context) {
+	rng := newRand()
+	buf := make([]byte, session.MaxMessageSize)
+	tick := time.NewTicker(s.cfg.RetryInterval / 4)
+	defer tick.Stop()
+	for {
+		pkt, err := s.next(buf, rng, time.Now())
+		if err != nil {
+			s.c.log.Warn("session message", "err", err)
+		}
+		if pkt != nil {
+			select {
+			case s.c.real <- pkt:
+				continue
+			case <-ctx.Done():
+				return
+			case <-s.stop:
+				return
+			}
+		}
+		select {
+		case <-s.wake:
+		case <-tick.C:
+		case <-ctx.Done():
+			return
+		case <-s.stop:
+			return
+		}
+	}
+}
+
+// next builds the next message, or returns nil if nothing is due.
+func (s *Session) next(buf []byte, rng *mrand.Rand, now time.Time) ([]byte, error) {
+	var b session.Builder
+	b.Reset(buf, s.id)
+	s.mu.Lock()
+	due := false
+	for i := range s.control {
+		c := &s.control[i]
+		if c.last.IsZero() || now.Sub(c.last) >= s.cfg.RetryInterval {
+			b.Control(c.typ, c.seq)
+			c.last = now
+			due = true
+		}
+	}
+	surbs := 0
+	per := session.RecordHeaderSize + sphinx.SURBSize
+	if !s.isOpen {
+		// Until the exit knows the session, only Open goes out, with as
+		// many SURBs as fit, since the exit drops anything else.
+		if due {
+			surbs = (len(buf) - b.Len()) / per
+		}
+	} else {
+		for len(s.queue) > 0 {
+			p := s.queue[0]
+			n := b.Fragment(s.packetID, p, s.offset)
+			if n == 0 {
+				break
+			}
+			due = true
+			s.offset += n
+			if s.offset == len(p) {
+				s.queue[0] = nil
+				s.queue = s.queue[1:]
+				s.queued -= len(p)
+				s.offset = 0
+				s.packetID++
+			}
+		}
+		if need := s.cfg.SURBTarget - s.stock - s.sentSince; need > 0 {
+			surbs = min(need, (len(buf)-b.Len())/per)
+		}
+		if now.Sub(s.lastSent) >= s.cfg.KeepAlive {
+			surbs = max(surbs, (len(buf)-b.Len())/per)
+		}
+		s.sentSince += surbs
+	}
+	if !due && surbs == 0 {
+		s.mu.Unlock()
+		return nil, nil
+	}
+	s.lastSent = now
+	s.mu.Unlock()
+	for range surbs {
+		surb, err := s.c.takeSURB(rng)
+		if err != nil {
+			return nil, err
+		}
+		if err := b.SURB(surb); err != nil {
+			return nil, fmt.Errorf("client: add SURB: %w", err)
+		}
+	}
+	r := s.c.route()
+	exit, ok := r.exit(s.exitID)
+	if !ok {
+		return nil, fmt.Errorf("client: exit %s left the topology", s.exitID)
+	}
+	pkt, err := sphinx.NewPacket(nil, r.forwardPath(rng, s.c.cfg.MeanDelay, exit, r.avoid), exit.Address, sphinx.MessageID{}, b.Bytes())
+	if err != nil {
+		return nil, fmt.Errorf("client: build session packet: %w", err)
+	}
+	return pkt, nil
+}
+
+// handle takes one opened reply.
+func (s *Session) handle(msg []byte, now time.Time) {
+	if len(msg) < session.HeaderSize || session.ID(msg[1:session.HeaderSize]) != s.id {
+		return
+	}
+	var out [][]byte
+	s.mu.Lock()
+	_, err := session.Parse(msg, func(r session.Record) error {
+		switch r.Type {
+		case session.RecordOpened:
+			seq, v4, v6 := r.Opened()
+			if s.answer(session.RecordOpen, seq) && !s.isOpen {
+				s.v4, s.v6, s.isOpen = v4, v6, true
+				close(s.opened)
+			}
+		case session.RecordClosed:
+			if s.answer(session.RecordClose, r.Seq()) {
+				close(s.closed)
+			}
+		case session.RecordAck:
+			s.answer(0, r.Seq())
+		case session.RecordStatus:
+			s.stock, s.sentSince = int(r.Stock()), 0
+		case session.RecordFragment:
+			p, off, total, data := r.Fragment()
+			pkt, err := s.reasm.Add(p, off, total, data, now)
+			if err == nil && pkt != nil {
+				out = append(out, bytes.Clone(pkt))
+			}
+		}
+		return nil
+	})
+	s.reasm.Expire(now.Add(-s.cfg.KeepAlive))
+	for _, p := range out {
+		select {
+		case s.in <- p:
+		default:
+			s.dropped++
+		}
+	}
+	s.mu.Unlock()
+	if err != nil {
+		s.c.log.Debug("bad reply message", "err", err)
+	}
+}
+
+// answer removes the pending control record seq (of type typ, or any type
+// for 0) and reports whether it was pending. Called with mu.
+func (s *Session) answer(typ session.RecordType, seq uint32) bool {
+	for i, c := range s.control {
+		if c.seq == seq && (typ == 0 || c.typ == typ) {
+			s.control = append(s.control[:i], s.control[i+1:]...)
+			return true
+		}
+	}
+	return false
+}
