@@ -1,0 +1,96 @@
+// Package dns points the system's resolver at the tunnel's DNS servers, so
+// that names are looked up inside the tunnel and not by the local
+// network's resolver. On Linux it asks systemd-resolved for that when it
+// runs, and otherwise rewrites /etc/resolv.conf, keeping the original in a
+// backup that survives a crash of the daemon.
+package dns
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"strings"
+)
+
+// Configurator sets and restores the system's DNS configuration.
+type Configurator interface {
+	// Set sends every lookup to cfg's servers. Calling it again replaces
+	// the previous Set.
+	Set(ctx context.Context, cfg Config) error
+	// Restore puts back the configuration found before the first Set,
+	// including one left behind by an earlier run that crashed. It is
+	// safe to call when nothing was set.
+	Restore() error
+}
+
+// Config is the DNS the tunnel wants.
+type Config struct {
+	// Servers are the resolvers inside the tunnel.
+	Servers []netip.Addr
+	// Domains are search domains, tried for names without a dot.
+	Domains []string
+	// Interface is the TUN device the servers are reached through.
+	Interface string
+}
+
+// Options configure New.
+type Options struct {
+	// Logger defaults to a discard logger.
+	Logger *slog.Logger
+	// ResolvConf defaults to /etc/resolv.conf. Tests point it at a
+	// temporary file.
+	ResolvConf string
+	// Backup is where the original resolv.conf is kept while the tunnel
+	// runs; it defaults to ResolvConf with ".mixvpn-backup" appended. It
+	// must be on the same file system as ResolvConf, for the atomic
+	// rename that restores it.
+	Backup string
+	// DBusAddress is the bus to find systemd-resolved on; empty means the
+	// system bus. Tests point it at a bus of their own (or at nothing, to
+	// force the resolv.conf path).
+	DBusAddress string
+}
+
+// Validate reports whether cfg can be set. Domains end up in resolv.conf
+// and in D-Bus calls, so anything that is not a plain domain name is
+// refused rather than escaped.
+func (c Config) Validate() error {
+	if len(c.Servers) == 0 {
+		return errors.New("dns: no servers")
+	}
+	for _, s := range c.Servers {
+		if !s.IsValid() {
+			return errors.New("dns: invalid server address")
+		}
+	}
+	if c.Interface == "" {
+		return errors.New("dns: no interface")
+	}
+	for _, d := range c.Domains {
+		if d == "" || len(d) > 253 {
+			return fmt.Errorf("dns: search domain %q is empty or too long", d)
+		}
+		for _, r := range d {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '.' || r == '_') {
+				return fmt.Errorf("dns: search domain %q has a character other than letters, digits, '-', '_' and '.'", d)
+			}
+		}
+	}
+	return nil
+}
+
+// resolvConf is the file written in place of the original.
+func resolvConf(cfg Config, backup string) []byte {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Written by mixvpn while its tunnel is up; the original is in %s\n", backup)
+	fmt.Fprintf(&b, "# and comes back when the tunnel stops.\n")
+	for _, s := range cfg.Servers {
+		fmt.Fprintf(&b, "nameserver %s\n", s.Unmap().WithZone(""))
+	}
+	if len(cfg.Domains) > 0 {
+		fmt.Fprintf(&b, "search %s\n", strings.Join(cfg.Domains, " "))
+	}
+	return []byte(b.String())
+}

@@ -1,0 +1,446 @@
+//go:build linux
+
+package router
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"regexp"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mixvpn/mixvpn/platform/netns"
+	vnetns "github.com/vishvananda/netns"
+	"golang.zx2c4.com/wireguard/tun"
+)
+
+// These tests route inside namespaces they make, never in the host's. The
+// client namespace has a TUN and a veth to a peer namespace; the peer is
+// the client's default gateway and also holds the "entry gateway"
+// (192.0.2.1, 2001:db8::1) and a LAN host beyond the subnet (198.18.0.1)
+// on its loopback. All traffic goes to those addresses or into the TUN.
+
+const tunName = "mvtun0"
+
+var (
+	entry4   = netip.MustParseAddr("192.0.2.1")
+	entry6   = netip.MustParseAddr("2001:db8::1")
+	lanHost  = netip.MustParseAddr("198.18.0.1")
+	peerAddr = netip.MustParseAddr("10.78.0.2")
+	// Addresses no namespace has: packets to them can only go into the TUN.
+	elsewhere4 = netip.MustParseAddr("203.0.113.9")
+	elsewhere6 = netip.MustParseAddr("2001:db8:ffff::9")
+)
+
+func testConfig() Config {
+	return Config{
+		Interface: tunName,
+		Addresses: []netip.Prefix{netip.MustParsePrefix("10.66.0.2/32"), netip.MustParsePrefix("fd66::2/128")},
+		RouteIPv4: true,
+		RouteIPv6: true,
+		Bypass:    []netip.AddrPort{netip.AddrPortFrom(entry4, 51820), netip.AddrPortFrom(entry6, 51820)},
+		AllowLAN:  []netip.Prefix{netip.MustParsePrefix("198.18.0.0/15")},
+	}
+}
+
+type fixture struct {
+	client, peer *netns.Host
+	dev          tun.Device
+}
+
+func setup(t *testing.T) *fixture {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to create network namespaces and a TUN device")
+	}
+	lab, err := netns.NewLab("mvrt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := lab.Close(); err != nil {
+			t.Error(err)
+		}
+		if left := netns.Leftovers(lab.ID()); len(left) != 0 {
+			t.Errorf("namespaces left: %v", left)
+		}
+	})
+	f := &fixture{}
+	if f.client, err = lab.AddHost("c"); err != nil {
+		t.Fatal(err)
+	}
+	if f.peer, err = lab.AddHost("p"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := lab.Connect(f.client,
+		[]netip.Prefix{netip.MustParsePrefix("10.78.0.1/24"), netip.MustParsePrefix("fd78::1/64")},
+		f.peer,
+		[]netip.Prefix{netip.PrefixFrom(peerAddr, 24), netip.MustParsePrefix("fd78::2/64")}); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"route", "add", "default", "via", peerAddr.String()},
+		{"-6", "route", "add", "default", "via", "fd78::2"},
+	} {
+		if err := f.client.Run("ip", args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, a := range []string{entry4.String() + "/32", lanHost.String() + "/32", entry6.String() + "/128"} {
+		if err := f.peer.Run("ip", "addr", "add", a, "dev", "lo"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := inNS(f.client.NS, func() (err error) {
+		f.dev, err = tun.CreateTUN(tunName, 1420)
+		return err
+	}); err != nil {
+		t.Fatalf("create TUN: %v", err)
+	}
+	// Registered after the lab's, so it runs first: an open TUN would
+	// keep the namespace alive.
+	t.Cleanup(func() { f.dev.Close() })
+	return f
+}
+
+func (f *fixture) newRouter(t *testing.T) Router {
+	t.Helper()
+	var r Router
+	if err := inNS(f.client.NS, func() (err error) {
+		r, err = New(Options{})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+// state is everything the router may touch, as iproute2 prints it.
+func (f *fixture) state(t *testing.T) string {
+	t.Helper()
+	qdisc := regexp.MustCompile(`qdisc \S+ `)
+	var b strings.Builder
+	for _, args := range [][]string{
+		{"-4", "rule"}, {"-6", "rule"},
+		{"-4", "route", "show", "table", "all"}, {"-6", "route", "show", "table", "all"},
+		{"addr", "show", "dev", tunName},
+	} {
+		out, err := f.client.Output("ip", args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The kernel gives a device a real qdisc when it first comes up
+		// and keeps it; that is not ours to restore.
+		out = qdisc.ReplaceAllString(out, "")
+		fmt.Fprintf(&b, "## ip %s\n%s", strings.Join(args, " "), out)
+	}
+	return b.String()
+}
+
+// routeGet asks the kernel which way a packet would go.
+func (f *fixture) routeGet(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := f.client.Output("ip", append([]string{"route", "get"}, args...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// inNS runs fn on an OS thread switched into the namespace ns. Sockets
+// and devices fn opens stay in that namespace, whichever thread later uses
+// them.
+func inNS(ns string, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := vnetns.Get()
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		target, err := vnetns.GetFromName(ns)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer target.Close()
+		if err := vnetns.Set(target); err != nil {
+			errc <- fmt.Errorf("enter %s: %w", ns, err)
+			return
+		}
+		ferr := fn()
+		if err := vnetns.Set(orig); err != nil {
+			// The thread stays locked, so the runtime discards it
+			// instead of running other goroutines in the wrong namespace.
+			errc <- errors.Join(ferr, err)
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
+
+// tunDestinations reads packets from the TUN until it is closed and sends
+// each one's destination on the returned channel, dropping them when
+// nobody is listening.
+func tunDestinations(dev tun.Device) <-chan netip.Addr {
+	out := make(chan netip.Addr, 64)
+	go func() {
+		const offset = 16 // room for the virtio header the device reads in front
+		n := dev.BatchSize()
+		bufs, sizes := make([][]byte, n), make([]int, n)
+		for i := range bufs {
+			bufs[i] = make([]byte, offset+65535)
+		}
+		for {
+			got, err := dev.Read(bufs, sizes, offset)
+			if err != nil {
+				if errors.Is(err, tun.ErrTooManySegments) {
+					continue
+				}
+				return // closed
+			}
+			for i := range got {
+				p := bufs[i][offset : offset+sizes[i]]
+				var dst netip.Addr
+				switch {
+				case len(p) >= 20 && p[0]>>4 == 4:
+					dst = netip.AddrFrom4([4]byte(p[16:20]))
+				case len(p) >= 40 && p[0]>>4 == 6:
+					dst = netip.AddrFrom16([16]byte(p[24:40]))
+				default:
+					continue
+				}
+				select {
+				case out <- dst:
+				default:
+				}
+			}
+		}
+	}()
+	return out
+}
+
+// intoTUN sends with send until a packet to dst comes out of the TUN, up
+// to five tries a second apart.
+func intoTUN(t *testing.T, seen <-chan netip.Addr, dst netip.Addr, send func()) bool {
+	t.Helper()
+	for range 5 {
+		send()
+		deadline := time.After(time.Second)
+		for {
+			select {
+			case got := <-seen:
+				if got == dst {
+					return true
+				}
+				continue
+			case <-deadline:
+			}
+			break
+		}
+	}
+	return false
+}
+
+// answers reports whether dst answers a ping from the client, sent with
+// FwMark if marked; a few tries, a second each.
+func (f *fixture) answers(dst netip.Addr, marked bool) bool {
+	args := []string{"-n", "-c", "1", "-W", "1"}
+	if marked {
+		args = append(args, "-m", fmt.Sprint(FwMark)) // ping takes decimal only
+	}
+	for range 3 {
+		if f.client.Run("ping", append(args, dst.String())...) == nil {
+			return true
+		}
+	}
+	return false
+}
+
+func TestRouterSetIsIdempotentAndCloseRestores(t *testing.T) {
+	f := setup(t)
+	before := f.state(t)
+	r := f.newRouter(t)
+	if err := r.Set(t.Context(), testConfig()); err == nil {
+		t.Fatal("Set before Up accepted")
+	}
+	if err := r.Up(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Set(t.Context(), testConfig()); err != nil {
+		t.Fatal(err)
+	}
+	once := f.state(t)
+	for _, want := range []string{
+		"5280:\tfrom all to 192.0.2.1 dport 51820 lookup main",
+		"5280:\tfrom all to 198.18.0.0/15 lookup main",
+		"5281:\tfrom all lookup main suppress_prefixlength 0",
+		"5282:\tnot from all fwmark 0x6d78 lookup 51888",
+		"5280:\tfrom all to 2001:db8::1 dport 51820 lookup main",
+		"default dev mvtun0 table 51888 scope link",
+		"default dev mvtun0 table 51888 metric 1024",
+		"inet 10.66.0.2/32",
+		"inet6 fd66::2/128",
+	} {
+		if !strings.Contains(once, want) {
+			t.Errorf("missing %q in\n%s", want, once)
+		}
+	}
+	if !strings.Contains(once, "<POINTOPOINT,MULTICAST,NOARP,UP,LOWER_UP>") {
+		t.Errorf("TUN not up:\n%s", once)
+	}
+	if err := r.Set(t.Context(), testConfig()); err != nil {
+		t.Fatal(err)
+	}
+	if twice := f.state(t); twice != once {
+		t.Fatalf("second Set changed the system:\nonce:\n%s\ntwice:\n%s", once, twice)
+	}
+
+	// Narrowing the config removes exactly what is no longer wanted.
+	narrow := testConfig()
+	narrow.RouteIPv6 = false
+	narrow.AllowLAN = nil
+	narrow.Addresses = narrow.Addresses[:1]
+	if err := r.Set(t.Context(), narrow); err != nil {
+		t.Fatal(err)
+	}
+	s := f.state(t)
+	for _, gone := range []string{"198.18.0.0/15", "2001:db8::1 dport", "fd66::2", "default dev mvtun0 table 51888 metric"} {
+		if strings.Contains(s, gone) {
+			t.Errorf("%q left after narrowing:\n%s", gone, s)
+		}
+	}
+	if !strings.Contains(s, "fwmark 0x6d78 lookup 51888") {
+		t.Errorf("IPv4 rule lost when narrowing:\n%s", s)
+	}
+
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if after := f.state(t); after != before {
+		t.Fatalf("Close did not restore:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+}
+
+func TestRouterSendsTrafficThroughTUN(t *testing.T) {
+	f := setup(t)
+	seen := tunDestinations(f.dev)
+	r := f.newRouter(t)
+	if err := r.Up(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Set(t.Context(), testConfig()); err != nil {
+		t.Fatal(err)
+	}
+
+	// What the kernel would do.
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{elsewhere4.String()}, "dev " + tunName},
+		{[]string{elsewhere4.String(), "mark", "0x6d78"}, "via 10.78.0.2 dev eth0"},
+		{[]string{entry4.String(), "ipproto", "udp", "dport", "51820"}, "via 10.78.0.2 dev eth0"},
+		{[]string{entry4.String(), "ipproto", "udp", "dport", "53"}, "dev " + tunName},
+		{[]string{lanHost.String()}, "via 10.78.0.2 dev eth0"},
+		{[]string{peerAddr.String()}, "dev eth0"},
+		{[]string{elsewhere6.String()}, "dev " + tunName},
+		{[]string{elsewhere6.String(), "mark", "0x6d78"}, "via fd78::2 dev eth0"},
+	} {
+		if got := f.routeGet(t, c.args...); !strings.Contains(got, c.want) {
+			t.Errorf("ip route get %s: %q, want %q", strings.Join(c.args, " "), got, c.want)
+		}
+	}
+
+	// What real packets do: unmarked ones to the world come out of the
+	// TUN, marked ones, the LAN and the connected subnet reach the peer.
+	for _, dst := range []netip.Addr{elsewhere4, elsewhere6, entry4} {
+		if !intoTUN(t, seen, dst, func() { f.client.Run("ping", "-n", "-c", "1", "-W", "1", dst.String()) }) {
+			t.Errorf("ping %v did not come out of the TUN", dst)
+		}
+	}
+	if !f.answers(entry4, true) || !f.answers(entry6, true) {
+		t.Error("marked ping does not reach the entry gateway by the main table")
+	}
+	if !f.answers(lanHost, false) || !f.answers(peerAddr, false) {
+		t.Error("LAN unreachable")
+	}
+
+	// An unmarked socket reaches the entry gateway's port by the bypass
+	// rule, while another port of the same address goes into the tunnel.
+	var gw *net.UDPConn
+	if err := inNS(f.peer.NS, func() (err error) {
+		gw, err = net.ListenUDP("udp", &net.UDPAddr{IP: entry4.AsSlice(), Port: 51820})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer gw.Close()
+	var c1, c2 *net.UDPConn
+	if err := inNS(f.client.NS, func() (err error) {
+		if c1, err = net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(entry4, 51820))); err != nil {
+			return err
+		}
+		c2, err = net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(entry4, 51821)))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer c1.Close()
+	defer c2.Close()
+	if _, err := c1.Write([]byte("handshake")); err != nil {
+		t.Fatal(err)
+	}
+	gw.SetReadDeadline(time.Now().Add(3 * time.Second))
+	buf := make([]byte, 32)
+	if n, _, err := gw.ReadFromUDP(buf); err != nil || string(buf[:n]) != "handshake" {
+		t.Errorf("bypass port: %q %v", buf[:n], err)
+	}
+	if !intoTUN(t, seen, entry4, func() { c2.Write([]byte("x")) }) {
+		t.Error("another port of the entry address did not go into the TUN")
+	}
+}
+
+// A router that died without Close leaves rules behind; the next one's Up
+// removes them, and the dead one's Close later does no harm.
+func TestRouterUpRemovesLeftovers(t *testing.T) {
+	f := setup(t)
+	before := f.state(t)
+	dead := f.newRouter(t)
+	if err := dead.Up(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if err := dead.Set(t.Context(), testConfig()); err != nil {
+		t.Fatal(err)
+	}
+	next := f.newRouter(t)
+	if err := next.Up(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	s := f.state(t)
+	if strings.Contains(s, "51888") || strings.Contains(s, "suppress_prefixlength") {
+		t.Fatalf("leftovers after Up:\n%s", s)
+	}
+	if err := next.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := dead.Close(); err != nil {
+		t.Fatalf("Close after another router cleaned up: %v", err)
+	}
+	if after := f.state(t); after != before {
+		t.Fatalf("not restored:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+}

@@ -1,0 +1,342 @@
+//go:build linux
+
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// linuxRouter keeps track of every address, route and rule it installed,
+// so that Close removes exactly those and nothing the system had before.
+type linuxRouter struct {
+	log   *slog.Logger
+	h     *netlink.Handle
+	table int
+	prio  int
+
+	mu          sync.Mutex
+	up, closed  bool
+	ifname      string // interface the state below belongs to
+	restoreDown bool   // the interface was down before Set raised it
+	addrs       map[netip.Prefix]bool
+	routes      map[string]netlink.Route
+	rules       map[string]netlink.Rule
+}
+
+// New opens the netlink socket the router uses for its whole life. The
+// socket belongs to the calling thread's network namespace, so a router
+// made in a namespace keeps working there from any goroutine.
+func New(opts Options) (Router, error) {
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("router: netlink: %w", err)
+	}
+	r := &linuxRouter{
+		log:    opts.Logger,
+		h:      h,
+		table:  opts.Table,
+		prio:   opts.Priority,
+		addrs:  map[netip.Prefix]bool{},
+		routes: map[string]netlink.Route{},
+		rules:  map[string]netlink.Rule{},
+	}
+	if r.log == nil {
+		r.log = slog.New(slog.DiscardHandler)
+	}
+	if r.table == 0 {
+		r.table = DefaultTable
+	}
+	if r.prio == 0 {
+		r.prio = DefaultPriority
+	}
+	return r, nil
+}
+
+// Up deletes rules and routes that look like ours: a daemon that crashed
+// left them, and with them in place traffic would go into a TUN that no
+// longer exists.
+func (r *linuxRouter) Up(ctx context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return errors.New("router: Up after Close")
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("router: up: %w", err)
+	}
+	var errs []error
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		rules, err := r.h.RuleList(fam)
+		if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return fmt.Errorf("router: list rules: %w", err)
+		}
+		for _, rule := range rules {
+			ours := rule.Table == r.table ||
+				rule.Table == unix.RT_TABLE_MAIN && rule.Priority >= r.prio && rule.Priority <= r.prio+2
+			if !ours {
+				continue
+			}
+			r.log.Warn("removing a rule left by an earlier run", "rule", rule.String())
+			if err := r.h.RuleDel(&rule); err != nil && !gone(err) {
+				errs = append(errs, fmt.Errorf("router: delete leftover rule %v: %w", rule, err))
+			}
+		}
+		routes, err := r.h.RouteListFiltered(fam, &netlink.Route{Table: r.table}, netlink.RT_FILTER_TABLE)
+		if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return fmt.Errorf("router: list routes of table %d: %w", r.table, err)
+		}
+		for _, rt := range routes {
+			r.log.Warn("removing a route left by an earlier run", "route", rt.String())
+			if err := r.h.RouteDel(&rt); err != nil && !gone(err) {
+				errs = append(errs, fmt.Errorf("router: delete leftover route %v: %w", rt, err))
+			}
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	r.up = true
+	return nil
+}
+
+// Set re-asserts every address, route and rule of cfg, since replacing an
+// identical one changes nothing, then removes what only the previous
+// config had. Routes go in before the rules that lead to them and stale
+// rules go before their routes, so no rule ever points at an empty table.
+func (r *linuxRouter) Set(ctx context.Context, cfg Config) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.up || r.closed {
+		return errors.New("router: Set needs Up and no Close")
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("router: set: %w", err)
+	}
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if r.ifname != "" && r.ifname != cfg.Interface {
+		if err := r.teardown(); err != nil {
+			return err
+		}
+	}
+	link, err := r.h.LinkByName(cfg.Interface)
+	if err != nil {
+		return fmt.Errorf("router: interface %s: %w", cfg.Interface, err)
+	}
+	if r.ifname == "" {
+		r.ifname = cfg.Interface
+		r.restoreDown = link.Attrs().Flags&net.FlagUp == 0
+	}
+
+	want := map[netip.Prefix]bool{}
+	for _, p := range cfg.Addresses {
+		want[p] = true
+		a := &netlink.Addr{IPNet: ipnet(p)}
+		if p.Addr().Is6() {
+			a.Flags = unix.IFA_F_NODAD // nobody else is on a TUN
+		}
+		if err := r.h.AddrReplace(link, a); err != nil {
+			return fmt.Errorf("router: add address %v to %s: %w", p, cfg.Interface, err)
+		}
+		r.addrs[p] = true
+	}
+	for p := range r.addrs {
+		if want[p] {
+			continue
+		}
+		if err := r.h.AddrDel(link, &netlink.Addr{IPNet: ipnet(p)}); err != nil && !gone(err) {
+			return fmt.Errorf("router: delete address %v from %s: %w", p, cfg.Interface, err)
+		}
+		delete(r.addrs, p)
+	}
+	if link.Attrs().Flags&net.FlagUp == 0 {
+		if err := r.h.LinkSetUp(link); err != nil {
+			return fmt.Errorf("router: bring %s up: %w", cfg.Interface, err)
+		}
+	}
+
+	routes := r.wantRoutes(cfg, link.Attrs().Index)
+	for k, rt := range routes {
+		if err := r.h.RouteReplace(&rt); err != nil {
+			return fmt.Errorf("router: add route %v: %w", rt, err)
+		}
+		r.routes[k] = rt
+	}
+	rules := r.wantRules(cfg)
+	for k, rule := range rules {
+		if err := r.h.RuleAdd(&rule); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("router: add rule %v: %w", rule, err)
+		}
+		r.rules[k] = rule
+	}
+	for k, rule := range r.rules {
+		if _, ok := rules[k]; ok {
+			continue
+		}
+		if err := r.h.RuleDel(&rule); err != nil && !gone(err) {
+			return fmt.Errorf("router: delete rule %v: %w", rule, err)
+		}
+		delete(r.rules, k)
+	}
+	for k, rt := range r.routes {
+		if _, ok := routes[k]; ok {
+			continue
+		}
+		if err := r.h.RouteDel(&rt); err != nil && !gone(err) {
+			return fmt.Errorf("router: delete route %v: %w", rt, err)
+		}
+		delete(r.routes, k)
+	}
+	r.log.Info("routes set", "interface", cfg.Interface, "ipv4", cfg.RouteIPv4, "ipv6", cfg.RouteIPv6,
+		"rules", len(r.rules), "routes", len(r.routes))
+	return nil
+}
+
+// Close undoes everything; closing twice is fine.
+func (r *linuxRouter) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return nil
+	}
+	r.closed, r.up = true, false
+	err := r.teardown()
+	r.h.Close()
+	return err
+}
+
+// teardown removes rules first, so that traffic falls back to the main
+// table at once instead of into a table being emptied.
+func (r *linuxRouter) teardown() error {
+	var errs []error
+	for k, rule := range r.rules {
+		if err := r.h.RuleDel(&rule); err != nil && !gone(err) {
+			errs = append(errs, fmt.Errorf("router: delete rule %v: %w", rule, err))
+			continue
+		}
+		delete(r.rules, k)
+	}
+	for k, rt := range r.routes {
+		if err := r.h.RouteDel(&rt); err != nil && !gone(err) {
+			errs = append(errs, fmt.Errorf("router: delete route %v: %w", rt, err))
+			continue
+		}
+		delete(r.routes, k)
+	}
+	if r.ifname != "" {
+		// The TUN may be gone already, and its addresses with it.
+		link, err := r.h.LinkByName(r.ifname)
+		if err == nil {
+			for p := range r.addrs {
+				if err := r.h.AddrDel(link, &netlink.Addr{IPNet: ipnet(p)}); err != nil && !gone(err) {
+					errs = append(errs, fmt.Errorf("router: delete address %v: %w", p, err))
+				}
+			}
+			if r.restoreDown {
+				if err := r.h.LinkSetDown(link); err != nil && !gone(err) {
+					errs = append(errs, fmt.Errorf("router: set %s down: %w", r.ifname, err))
+				}
+			}
+		}
+		clear(r.addrs)
+		r.ifname = ""
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	r.log.Info("routes removed")
+	return nil
+}
+
+// wantRoutes are the default routes into the TUN, in the router's table.
+func (r *linuxRouter) wantRoutes(cfg Config, index int) map[string]netlink.Route {
+	out := map[string]netlink.Route{}
+	if cfg.RouteIPv4 {
+		out[fmt.Sprintf("4 default %d", index)] = netlink.Route{
+			LinkIndex: index, Table: r.table, Scope: netlink.SCOPE_LINK, Family: netlink.FAMILY_V4,
+			Dst: &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)},
+		}
+	}
+	if cfg.RouteIPv6 {
+		out[fmt.Sprintf("6 default %d", index)] = netlink.Route{
+			LinkIndex: index, Table: r.table, Family: netlink.FAMILY_V6,
+			Dst: &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)},
+		}
+	}
+	return out
+}
+
+// wantRules are, per routed family and in priority order: the bypass and
+// LAN destinations to the main table; the main table for everything but
+// its default route, so that connected and LAN routes keep working; and
+// the router's table for every packet without FwMark.
+func (r *linuxRouter) wantRules(cfg Config) map[string]netlink.Rule {
+	out := map[string]netlink.Rule{}
+	for _, fam := range []struct {
+		on  bool
+		num int
+		is4 bool
+	}{{cfg.RouteIPv4, netlink.FAMILY_V4, true}, {cfg.RouteIPv6, netlink.FAMILY_V6, false}} {
+		if !fam.on {
+			continue
+		}
+		for _, b := range cfg.Bypass {
+			a := b.Addr().Unmap()
+			if a.Is4() != fam.is4 {
+				continue
+			}
+			rule := r.rule(fam.num, r.prio, unix.RT_TABLE_MAIN)
+			rule.Dst = ipnet(netip.PrefixFrom(a, a.BitLen()))
+			if b.Port() != 0 {
+				rule.Dport = netlink.NewRulePortRange(b.Port(), b.Port())
+			}
+			out[fmt.Sprintf("bypass %v", netip.AddrPortFrom(a, b.Port()))] = *rule
+		}
+		for _, p := range cfg.AllowLAN {
+			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()).Masked()
+			if p.Addr().Is4() != fam.is4 {
+				continue
+			}
+			rule := r.rule(fam.num, r.prio, unix.RT_TABLE_MAIN)
+			rule.Dst = ipnet(p)
+			out["lan "+p.String()] = *rule
+		}
+		suppress := r.rule(fam.num, r.prio+1, unix.RT_TABLE_MAIN)
+		suppress.SuppressPrefixlen = 0
+		out[fmt.Sprintf("%d suppress", fam.num)] = *suppress
+		tunnel := r.rule(fam.num, r.prio+2, r.table)
+		tunnel.Mark = FwMark
+		tunnel.Invert = true
+		out[fmt.Sprintf("%d not fwmark", fam.num)] = *tunnel
+	}
+	return out
+}
+
+func (r *linuxRouter) rule(family, prio, table int) *netlink.Rule {
+	rule := netlink.NewRule()
+	rule.Family = family
+	rule.Priority = prio
+	rule.Table = table
+	return rule
+}
+
+func ipnet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// gone reports errors that mean the thing to delete is not there, which
+// is what deleting wanted.
+func gone(err error) bool {
+	return errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ESRCH) ||
+		errors.Is(err, unix.ENODEV) || errors.Is(err, unix.EADDRNOTAVAIL)
+}
