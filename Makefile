@@ -75,3 +75,17 @@ demo: build
 
 clean:
 	rm -rf $(BIN)
+
+# proto regenerates the control API's Go code in tunnel/control/controlpb.
+# The generators are installed into bin/tools at pinned versions (protoc-gen-go
+# at go.mod's protobuf version) so that everyone generates identical files.
+PROTOC_GEN_GO_GRPC := v1.6.2
+PROTO_TOOLS = $(abspath $(BIN))/tools
+
+.PHONY: proto
+proto: deps
+	GOBIN=$(PROTO_TOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$$($(GO) list -m -f '{{.Version}}' google.golang.org/protobuf)
+	GOBIN=$(PROTO_TOOLS) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC)
+	cd tunnel/control/controlpb && PATH="$(PROTO_TOOLS):$$PATH" protoc -I. \
+		--go_out=. --go_opt=paths=source_relative \
+		--go-grpc_out=. --go-grpc_opt=paths=source_relative control.proto

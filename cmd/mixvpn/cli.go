@@ -1,0 +1,196 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/mixvpn/mixvpn/tunnel/control"
+	pb "github.com/mixvpn/mixvpn/tunnel/control/controlpb"
+)
+
+// socketEnv overrides the default socket path, as --socket does.
+const socketEnv = "MIXVPN_SOCKET"
+
+// callTimeout bounds a single request; waiting for a connection to come up
+// has its own, longer timeout.
+const callTimeout = 15 * time.Second
+
+// Hints shown when the daemon cannot be reached; they say what to do, since
+// "connection refused" does not.
+const (
+	notRunningHint = "mixvpnd is not running: start it with `sudo systemctl start mixvpnd`"
+	permissionHint = "you are not allowed to talk to mixvpnd: ask an administrator to add you to the mixvpn group (sudo usermod -aG mixvpn $USER) and log in again"
+)
+
+// cliConfig is the outside world of one run.
+type cliConfig struct {
+	Stdout, Stderr io.Writer
+	Getenv         func(string) string
+}
+
+// cli is the state shared by the commands of one run.
+type cli struct {
+	out    io.Writer
+	socket string
+}
+
+func rootCommand(cfg cliConfig) *cobra.Command {
+	c := &cli{out: cfg.Stdout}
+	root := &cobra.Command{
+		Use:   "mixvpn",
+		Short: "Control the mixvpn daemon: connect, disconnect, switch modes, change settings",
+		Long: "mixvpn talks to mixvpnd, the privileged daemon that owns the VPN tunnel.\n" +
+			"Fast mode nests WireGuard to an exit inside WireGuard to an entry; Anonymous\n" +
+			"mode sends every packet through the mixnet with cover traffic.",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetOut(cfg.Stdout)
+	root.SetErr(cfg.Stderr)
+	def := control.DefaultSocketPath
+	if s := cfg.Getenv(socketEnv); s != "" {
+		def = s
+	}
+	root.PersistentFlags().StringVar(&c.socket, "socket", def, "mixvpnd's control socket (env "+socketEnv+")")
+	root.AddCommand(
+		c.connectCommand(),
+		c.disconnectCommand(),
+		c.statusCommand(),
+		c.modeCommand(),
+		c.gatewaysCommand(),
+		c.settingsCommand(),
+		c.versionCommand(),
+	)
+	return root
+}
+
+// hintError is an error shown with advice; the cause stays reachable.
+type hintError struct {
+	hint string
+	err  error
+}
+
+func (e *hintError) Error() string { return e.hint }
+func (e *hintError) Unwrap() error { return e.err }
+
+// client connects to the daemon. It dials the socket once first because a
+// gRPC client only says "unavailable", while the dial says whether nothing
+// is there or the user may not open it.
+func (c *cli) client(ctx context.Context) (pb.ControlClient, func(), error) {
+	var d net.Dialer
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	conn, err := d.DialContext(ctx, "unix", c.socket)
+	if err != nil {
+		return nil, nil, dialError(c.socket, err)
+	}
+	conn.Close()
+	client, cc, err := control.Dial(c.socket)
+	if err != nil {
+		return nil, nil, err
+	}
+	return client, func() { cc.Close() }, nil
+}
+
+func dialError(socket string, err error) error {
+	switch {
+	case errors.Is(err, syscall.ENOENT), errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ENOTDIR):
+		return &hintError{hint: fmt.Sprintf("%s (nothing is listening on %s)", notRunningHint, socket), err: err}
+	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
+		return &hintError{hint: permissionHint, err: err}
+	}
+	return fmt.Errorf("connecting to mixvpnd on %s: %w", socket, err)
+}
+
+// explain turns an RPC error into what the user should read: the daemon's
+// own message for requests it rejected, advice for access problems.
+func (c *cli) explain(err error) error {
+	st, ok := status.FromError(err)
+	if !ok {
+		return err
+	}
+	switch st.Code() {
+	case codes.OK:
+		return nil
+	case codes.Unavailable:
+		return &hintError{hint: fmt.Sprintf("%s (no answer on %s)", notRunningHint, c.socket), err: err}
+	case codes.PermissionDenied:
+		// The daemon names its group, which may not be mixvpn.
+		return &hintError{hint: st.Message(), err: err}
+	case codes.InvalidArgument, codes.NotFound, codes.FailedPrecondition:
+		return &hintError{hint: st.Message(), err: err}
+	case codes.Canceled:
+		return &hintError{hint: "cancelled", err: err}
+	case codes.DeadlineExceeded:
+		return &hintError{hint: "mixvpnd did not answer in time", err: err}
+	}
+	return &hintError{hint: fmt.Sprintf("mixvpnd: %s", st.Message()), err: err}
+}
+
+// call runs one request with a timeout and explains its error.
+func (c *cli) call(ctx context.Context, f func(context.Context, pb.ControlClient) error) error {
+	client, closeFn, err := c.client(ctx)
+	if err != nil {
+		return err
+	}
+	defer closeFn()
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	return c.explain(f(ctx, client))
+}
+
+// waitState runs act and then waits for the daemon to reach one of want or
+// StateError. Watching starts before act so that no change is missed; the
+// first event is the status before act and is skipped.
+func (c *cli) waitState(ctx context.Context, timeout time.Duration, act func(context.Context, pb.ControlClient) error, want ...control.State) (control.Status, error) {
+	client, closeFn, err := c.client(ctx)
+	if err != nil {
+		return control.Status{}, err
+	}
+	defer closeFn()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	events, err := client.WatchEvents(ctx, &pb.WatchEventsRequest{})
+	if err != nil {
+		return control.Status{}, c.explain(err)
+	}
+	if _, err := events.Recv(); err != nil {
+		return control.Status{}, c.explain(err)
+	}
+	if err := act(ctx, client); err != nil {
+		return control.Status{}, c.explain(err)
+	}
+	// A daemon that had nothing to do sends no event: ask.
+	st, err := client.GetStatus(ctx, &pb.GetStatusRequest{})
+	if err != nil {
+		return control.Status{}, c.explain(err)
+	}
+	for {
+		s := control.StatusFromProto(st)
+		if s.State == control.StateError {
+			return s, fmt.Errorf("mixvpnd: %s", s.Error)
+		}
+		for _, w := range want {
+			if s.State == w {
+				return s, nil
+			}
+		}
+		ev, err := events.Recv()
+		if status.Code(err) == codes.DeadlineExceeded || errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return s, fmt.Errorf("still %s after %v: see `mixvpn status --watch`", s.State, timeout)
+		}
+		if err != nil {
+			return s, c.explain(err)
+		}
+		st = ev.GetStatus()
+	}
+}

@@ -1,0 +1,98 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// helperEnv makes the test binary run `mixvpn status` against the socket in
+// MIXVPN_SOCKET; TestNotInGroup runs it as another user.
+const helperEnv = "MIXVPN_CLI_TEST_HELPER"
+
+func TestHelperCLI(t *testing.T) {
+	if os.Getenv(helperEnv) == "" {
+		t.Skip("only a helper process for TestNotInGroup")
+	}
+	code := run(context.Background(), []string{"status"}, os.Stdout, os.Stdout, os.Getenv)
+	fmt.Printf("exit=%d\n", code)
+}
+
+// TestNotInGroup runs the CLI as nobody against a daemon whose group nobody
+// is not in. With a world-writable socket the daemon's SO_PEERCRED check
+// refuses it; with the default mode the socket's permissions already do.
+// Both must tell the user how to get access.
+func TestNotInGroup(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run the CLI as another user")
+	}
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		t.Skip("needs setpriv (util-linux)")
+	}
+	root, err := user.LookupGroupId("0")
+	if err != nil {
+		t.Fatalf("group 0: %v", err)
+	}
+	for _, c := range []struct {
+		name string
+		mode os.FileMode
+		want string
+	}{
+		{"refused by the daemon", 0o666, "you are not allowed to talk to mixvpnd: ask an administrator to add you to the " + root.Name + " group (sudo usermod -aG " + root.Name + " $USER) and log in again"},
+		{"refused by the socket mode", 0o660, permissionHint},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			path, _ := startDaemon(t, daemonOptions{group: root.Name, mode: c.mode})
+			dir := filepath.Dir(path)
+			for _, d := range []string{filepath.Dir(dir), dir} {
+				if err := os.Chmod(d, 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+			bin := filepath.Join(dir, "mixvpn.test")
+			copyExecutable(t, bin)
+			cmd := exec.Command(setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", bin, "-test.run=^TestHelperCLI$")
+			cmd.Env = append(os.Environ(), helperEnv+"=1", socketEnv+"="+path)
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("helper: %v\n%s", err, out)
+			}
+			if !strings.Contains(string(out), "mixvpn: "+c.want) || !strings.Contains(string(out), "exit=1") {
+				t.Fatalf("as nobody, mixvpn status said:\n%s\nwant %q and exit 1", out, c.want)
+			}
+		})
+	}
+}
+
+// copyExecutable puts the test binary where another user can run it: the
+// go build cache is root's alone.
+func copyExecutable(t *testing.T, dst string) {
+	t.Helper()
+	src, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		t.Fatal(err)
+	}
+	if err := out.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
