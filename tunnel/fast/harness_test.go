@@ -693,4 +693,3 @@ func startOneHop(tb testing.TB) (*netstack.Net, time.Duration) {
 }
 
 const secretMarker = "mixvpn-fast-secret-marker"
-
