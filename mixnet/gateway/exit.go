@@ -52,8 +52,11 @@ type ExitConfig struct {
 	// Offset is the headroom the device needs in front of each packet;
 	// default 16 (a Linux TUN with offloads needs at least 10).
 	Offset int
-	Logger *slog.Logger
-	Now    func() time.Time
+	// Register answers Fast-mode registrations that come through the
+	// mixnet (Registry.Handle); nil refuses them.
+	Register func(req []byte) []byte
+	Logger   *slog.Logger
+	Now      func() time.Time
 }
 
 // ExitStats counts what an exit did.
@@ -170,6 +173,9 @@ func (e *Exit) Final(_ sphinx.Address, _ sphinx.MessageID, msg []byte) error {
 	if len(msg) == 0 || msg[0] != session.Version {
 		return nil // drop cover: nothing to do, by design
 	}
+	if isRegistration(msg) {
+		return e.register(msg)
+	}
 	now := e.cfg.Now()
 	var s *exitSession
 	var out [][]byte
@@ -225,6 +231,49 @@ func (e *Exit) Final(_ sphinx.Address, _ sphinx.MessageID, msg []byte) error {
 	}
 	e.writeOut(s, out)
 	e.kick()
+	return nil
+}
+
+// isRegistration reports whether msg's first record is a registration.
+func isRegistration(msg []byte) bool {
+	return len(msg) > session.HeaderSize && session.RecordType(msg[session.HeaderSize]) == session.RecordRegister
+}
+
+// register answers a registration in the reply block that came with it.
+func (e *Exit) register(msg []byte) error {
+	var req, surb []byte
+	id, err := session.Parse(msg, func(r session.Record) error {
+		switch r.Type {
+		case session.RecordRegister:
+			req = r.Body
+		case session.RecordSURB:
+			surb = r.Body
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("gateway: registration: %w", err)
+	}
+	if surb == nil {
+		return errors.New("gateway: registration without a reply block")
+	}
+	if e.cfg.Register == nil {
+		return errors.New("gateway: this exit takes no registrations")
+	}
+	resp := e.cfg.Register(req)
+	var b session.Builder
+	b.Reset(make([]byte, session.MaxMessageSize), id)
+	if err := b.Blob(session.RecordRegistered, resp); err != nil {
+		return fmt.Errorf("gateway: registration answer: %w", err)
+	}
+	first, pkt, err := sphinx.NewReply(surb, b.Bytes())
+	if err == nil {
+		err = e.cfg.Router.Route(first, pkt)
+	}
+	if err != nil {
+		return fmt.Errorf("gateway: registration answer: %w", err)
+	}
+	e.stats.replies.Add(1)
 	return nil
 }
 

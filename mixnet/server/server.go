@@ -197,7 +197,11 @@ func Build(cfg Config) (*Node, func(context.Context) error, error) {
 		n.Entry = gateway.NewEntry(gateway.EntryConfig{Logger: log})
 		handler = n.Entry
 	case directory.RoleExit:
-		n.Exit, err = gateway.NewExit(gateway.ExitConfig{Device: cfg.ExitDevice, Router: m, Prefix4: cfg.Prefix4, Prefix6: cfg.Prefix6, Logger: log})
+		ecfg := gateway.ExitConfig{Device: cfg.ExitDevice, Router: m, Prefix4: cfg.Prefix4, Prefix6: cfg.Prefix6, Logger: log}
+		if cfg.Registry != nil {
+			ecfg.Register = cfg.Registry.Handle
+		}
+		n.Exit, err = gateway.NewExit(ecfg)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -266,7 +270,7 @@ func Build(cfg Config) (*Node, func(context.Context) error, error) {
 		goRun("links", func(ctx context.Context) error {
 			return link.Serve(ctx, ln, link.ListenerConfig{
 				Config:    link.Config{Static: linkKey, Logger: log, Handler: n.onFrame},
-				Authorize: n.authorize(cfg.Role, cfg.Registry != nil),
+				Authorize: n.authorize(cfg.Role),
 				OnConn:    n.onConn,
 			})
 		})
@@ -350,11 +354,12 @@ func follow(ctx context.Context, f *directory.Fetcher, m *mesh.Mesh, keys *keyCa
 }
 
 // authorize admits nodes in the directory everywhere, and anyone else only
-// at an entry gateway, or at a gateway that takes registrations, as a
-// client.
-func (n *Node) authorize(role directory.Role, registers bool) func([32]byte) error {
+// at an entry gateway, as a client. Clients reach an exit only through
+// the mixnet, registrations included, so an exit never learns a client's
+// network address.
+func (n *Node) authorize(role directory.Role) func([32]byte) error {
 	return func(peer [32]byte) error {
-		if n.Mesh.NodeByLinkKey(peer) != nil || role == directory.RoleEntry || registers {
+		if n.Mesh.NodeByLinkKey(peer) != nil || role == directory.RoleEntry {
 			return nil
 		}
 		return errors.New("not a node of the current directory")
@@ -364,7 +369,7 @@ func (n *Node) authorize(role directory.Role, registers bool) func([32]byte) err
 // onFrame takes frames from accepted links. Packets from nodes, and from
 // clients at an entry, go into the pipeline; a client's packets at an exit
 // are dropped (clients reach exits only through the mixnet). Control frames
-// are registration requests.
+// are registration requests, answered at an entry.
 func (n *Node) onFrame(c *link.Conn, t link.FrameType, body []byte) {
 	switch t {
 	case link.FramePacket:
@@ -372,7 +377,7 @@ func (n *Node) onFrame(c *link.Conn, t link.FrameType, body []byte) {
 			n.Pipeline.Receive(body)
 		}
 	case link.FrameControl:
-		if n.registry != nil {
+		if n.registry != nil && n.role == directory.RoleEntry {
 			c.SendControl(n.registry.Handle(body))
 		}
 	}

@@ -57,6 +57,13 @@ const (
 	// it holds, for they may cross a mix the client now avoids, and acks;
 	// SURBs after it in the same message are kept.
 	RecordFlush RecordType = 9
+	// RecordRegister (client→exit): a Fast-mode registration request
+	// (mixnet/register), with a SURB for the answer in the same message.
+	// It reaches the exit through the entry, so the exit answers without
+	// learning who asked. It opens no session.
+	RecordRegister RecordType = 10
+	// RecordRegistered (exit→client): the registration response.
+	RecordRegistered RecordType = 11
 )
 
 // Errors for malformed messages.
@@ -106,7 +113,7 @@ func bodySize(t RecordType) (int, error) {
 		return sphinx.SURBSize, nil
 	case RecordStatus:
 		return 2, nil
-	case RecordFragment:
+	case RecordFragment, RecordRegister, RecordRegistered:
 		return -1, nil
 	}
 	return 0, fmt.Errorf("%w: %d", ErrRecordType, t)
@@ -244,6 +251,17 @@ func (b *Builder) Opened(seq uint32, v4, v6 netip.Addr) error {
 	a4, a6 := v4.As4(), v6.As16()
 	copy(body[4:], a4[:])
 	copy(body[8:], a6[:])
+	return nil
+}
+
+// Blob adds a record of type t with a body of variable length, such as
+// RecordRegister.
+func (b *Builder) Blob(t RecordType, data []byte) error {
+	body, err := b.record(t, len(data))
+	if err != nil {
+		return err
+	}
+	copy(body, data)
 	return nil
 }
 

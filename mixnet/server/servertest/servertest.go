@@ -21,6 +21,7 @@ import (
 	"golang.zx2c4.com/wireguard/tun/tuntest"
 
 	"github.com/mixvpn/mixvpn/mixnet/directory"
+	"github.com/mixvpn/mixvpn/mixnet/gateway"
 	"github.com/mixvpn/mixvpn/mixnet/server"
 )
 
@@ -34,6 +35,9 @@ type Options struct {
 	// Echo makes the exit's device answer every IP packet by swapping its
 	// addresses and ports; otherwise packets go to Network.Outbound.
 	Echo bool
+	// Peers, if set, gives the entry and the exit WireGuard registries
+	// that add peers to what it returns for the gateway's ID.
+	Peers func(id string) gateway.WireGuardPeers
 	// DescriptorTTL is how long the directory lists a node that stopped
 	// publishing (nodes publish every second); default 2 minutes.
 	DescriptorTTL time.Duration
@@ -132,6 +136,15 @@ func New(o Options) (_ *Network, err error) {
 			ID: s.id, Role: s.role, Layer: s.layer, Listen: addr, DataDir: dir,
 			DirectoryURL: srv.URL, DirectoryKey: pub, Epochs: epochs,
 			PublishInterval: time.Second, RefreshInterval: 200 * time.Millisecond, Logger: log.With("node", s.id),
+		}
+		if o.Peers != nil && s.role != directory.RoleMix {
+			reg, err := gateway.NewRegistry(gateway.RegistryConfig{Peers: o.Peers(s.id),
+				Prefix4: netip.MustParsePrefix("10.70.0.0/24"), Prefix6: netip.MustParsePrefix("fd00:70::/64"),
+				ServerKey: [32]byte{byte(len(s.id))}, Endpoint: netip.MustParseAddrPort("127.0.0.1:51820")})
+			if err != nil {
+				return nil, err
+			}
+			cfg.Registry = reg
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		if s.role == directory.RoleExit {
