@@ -4,6 +4,7 @@
 package servertest
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -140,11 +141,12 @@ func New(o Options) (_ *Network, err error) {
 		if o.Peers != nil && s.role != directory.RoleMix {
 			reg, err := gateway.NewRegistry(gateway.RegistryConfig{Peers: o.Peers(s.id),
 				Prefix4: netip.MustParsePrefix("10.70.0.0/24"), Prefix6: netip.MustParsePrefix("fd00:70::/64"),
-				ServerKey: [32]byte{byte(len(s.id))}, Endpoint: netip.MustParseAddrPort("127.0.0.1:51820")})
+				ServerKey: [32]byte(bytes.Repeat([]byte{byte(len(s.id))}, 32)), Endpoint: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(51820+len(s.id)))})
 			if err != nil {
 				return nil, err
 			}
 			cfg.Registry = reg
+			cfg.WireGuard = &directory.WireGuard{PublicKey: bytes.Repeat([]byte{byte(len(s.id))}, 32), Endpoint: fmt.Sprintf("127.0.0.1:%d", 51820+len(s.id))}
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		if s.role == directory.RoleExit {
