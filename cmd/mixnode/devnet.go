@@ -162,10 +162,24 @@ func buildLab(plan []devHost) (*netns.Lab, map[string]*netns.Host, error) {
 		}
 		plan[i].NS = h.NS
 		hosts[plan[i].Name] = h
-		_, err = lab.Attach(hub, h, []netip.Prefix{
-			netip.PrefixFrom(plan[i].Addr4, backbone4.Bits()),
-			netip.PrefixFrom(plan[i].Addr6, backbone6.Bits()),
-		})
+		if plan[i].Role != "client" {
+			_, err = lab.Attach(hub, h, []netip.Prefix{
+				netip.PrefixFrom(plan[i].Addr4, backbone4.Bits()),
+				netip.PrefixFrom(plan[i].Addr6, backbone6.Bits()),
+			})
+			continue
+		}
+		// The client is a home machine, not a neighbour of the servers:
+		// everything is behind its default route, so nothing reaches
+		// the "internet" host except as the VPN routes it.
+		var iface string
+		iface, err = lab.Attach(hub, h, []netip.Prefix{netip.PrefixFrom(plan[i].Addr4, 32), netip.PrefixFrom(plan[i].Addr6, 128)})
+		if err == nil {
+			err = h.Run("ip", "route", "add", "default", "dev", iface)
+		}
+		if err == nil {
+			err = h.Run("ip", "-6", "route", "add", "default", "dev", iface)
+		}
 	}
 	if err != nil {
 		return nil, nil, errors.Join(err, lab.Close())
@@ -370,7 +384,14 @@ func runDevnet(ctx context.Context, o devnetOptions) error {
 	if o.Demo {
 		cmd := client.Command(ctx, self, "probe", "--directory", dirURL, "--key", pub, "--packets", "200")
 		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-		return cmd.Run()
+		if err := cmd.Run(); err != nil || os.Geteuid() != 0 {
+			return err
+		}
+		cd, err := startClientDaemon(ctx, sup, client, self, o.RunDir, dirURL, pub, hostAddr(plan, "inet"))
+		if err != nil {
+			return err
+		}
+		return runClientDemo(ctx, cd)
 	}
 	if o.Duration > 0 {
 		var c context.CancelFunc
@@ -429,4 +450,14 @@ func (localHost) Output(name string, args ...string) (string, error) {
 		return string(out), fmt.Errorf("%s: %w: %s", name, err, out)
 	}
 	return string(out), nil
+}
+
+// hostAddr is the IPv4 address of the planned host name.
+func hostAddr(plan []devHost, name string) netip.Addr {
+	for _, h := range plan {
+		if h.Name == name {
+			return h.Addr4
+		}
+	}
+	return netip.Addr{}
 }

@@ -43,6 +43,6 @@ func rootCommand() *cobra.Command {
 		}
 		return slog.New(slog.NewTextHandler(os.Stderr, opts))
 	}
-	root.AddCommand(internetCommand(logger), runCommand(logger), devnetCommand(logger), probeCommand())
+	root.AddCommand(internetCommand(logger), runCommand(logger), devnetCommand(logger), probeCommand(), fetchCommand())
 	return root
 }

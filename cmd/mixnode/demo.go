@@ -1,0 +1,151 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// clientDaemon runs mixvpnd in the local network's client namespace, as a
+// user's machine would, and drives it with the mixvpn CLI.
+type clientDaemon struct {
+	host   host
+	cli    string
+	socket string
+	dns    netip.Addr
+	self   string
+}
+
+// startClientDaemon starts mixvpnd in h with its socket, settings and
+// resolv.conf in runDir, pointed at the local network's directory.
+func startClientDaemon(ctx context.Context, sup *supervisor, h host, self, runDir, dirURL, pub string, dnsServer netip.Addr) (*clientDaemon, error) {
+	bin := filepath.Dir(self)
+	cd := &clientDaemon{host: h, cli: filepath.Join(bin, "mixvpn"), socket: filepath.Join(runDir, "mixvpnd.sock"), dns: dnsServer, self: self}
+	settings := filepath.Join(runDir, "client-settings.json")
+	preset := fmt.Sprintf(`{"dns_servers": [%q], "kill_switch": true, "mode": "fast"}`, dnsServer)
+	if err := os.WriteFile(settings, []byte(preset), 0o644); err != nil {
+		return nil, err
+	}
+	resolv := filepath.Join(runDir, "client-resolv.conf")
+	if err := os.WriteFile(resolv, []byte("nameserver 192.0.2.53\n"), 0o644); err != nil {
+		return nil, err
+	}
+	cmd := h.Command(ctx, filepath.Join(bin, "mixvpnd"), "--tun", "mvpn0", "--directory", dirURL, "--directory-key", pub,
+		"--socket", cd.socket, "--settings", settings, "--system-settings", filepath.Join(runDir, "no-system-settings.json"),
+		"--resolv-conf", resolv)
+	if err := sup.start("mixvpnd", cmd); err != nil {
+		return nil, err
+	}
+	wctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if err := waitFor(wctx, "mixvpnd's control socket", func() error {
+		_, err := cd.run(ctx, "status")
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	return cd, nil
+}
+
+// run runs the CLI and returns its output.
+func (cd *clientDaemon) run(ctx context.Context, args ...string) (string, error) {
+	out, err := exec.CommandContext(ctx, cd.cli, append([]string{"--socket", cd.socket}, args...)...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("mixvpn %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return string(out), nil
+}
+
+// waitMode waits until the daemon is connected in mode.
+func (cd *clientDaemon) waitMode(ctx context.Context, mode string) error {
+	wctx, cancel := context.WithTimeout(ctx, 45*time.Second)
+	defer cancel()
+	return waitFor(wctx, "mixvpnd connected in "+mode+" mode", func() error {
+		out, err := cd.run(ctx, "status", "--json")
+		if err != nil {
+			return err
+		}
+		var st struct{ State, Mode, Error string }
+		if err := json.Unmarshal([]byte(out), &st); err != nil {
+			return err
+		}
+		if st.State == "error" {
+			return fmt.Errorf("daemon error: %s", st.Error)
+		}
+		if st.State != "connected" || st.Mode != mode {
+			return fmt.Errorf("state %s in %s mode", st.State, st.Mode)
+		}
+		return nil
+	})
+}
+
+// fetch downloads url in the client namespace through whatever the daemon
+// routes it through.
+func (cd *clientDaemon) fetch(ctx context.Context, url string, extra ...string) (string, error) {
+	args := append([]string{"fetch", "--dns", cd.dns.String()}, extra...)
+	out, err := cd.host.Output(cd.self, append(args, url)...)
+	if err != nil {
+		return out, fmt.Errorf("fetch %s: %w: %s", url, err, out)
+	}
+	return out, nil
+}
+
+// runClientDemo is `make demo`: Fast mode, a page, Anonymous mode, the
+// page again, the numbers, and a clean disconnect.
+func runClientDemo(ctx context.Context, cd *clientDaemon) error {
+	say := func(format string, a ...any) { fmt.Printf("\n== "+format+"\n", a...) }
+	show := func(args ...string) error {
+		out, err := cd.run(ctx, args...)
+		fmt.Print(out)
+		return err
+	}
+	page := "http://internet.mixvpn.test/blob/262144"
+	say("mixvpn gateways")
+	if err := show("gateways"); err != nil {
+		return err
+	}
+	say("mixvpn connect --mode fast")
+	if err := show("connect", "--mode", "fast"); err != nil {
+		return err
+	}
+	if err := cd.waitMode(ctx, "fast"); err != nil {
+		return err
+	}
+	if err := show("status"); err != nil {
+		return err
+	}
+	say("fetch a page through Fast mode (two WireGuard hops)")
+	out, err := cd.fetch(ctx, page)
+	fmt.Print(out)
+	if err != nil {
+		return err
+	}
+	say("mixvpn mode anonymous (live switch)")
+	if err := show("mode", "anonymous"); err != nil {
+		return err
+	}
+	if err := cd.waitMode(ctx, "anonymous"); err != nil {
+		return err
+	}
+	if err := show("status"); err != nil {
+		return err
+	}
+	say("fetch the page again through Anonymous mode (5-hop mixnet, cover traffic on)")
+	out, err = cd.fetch(ctx, page)
+	fmt.Print(out)
+	if err != nil {
+		return err
+	}
+	say("mixvpn status --json (with the tunnel's stats in the daemon log)")
+	if err := show("status", "--json"); err != nil {
+		return err
+	}
+	say("mixvpn disconnect")
+	return show("disconnect")
+}

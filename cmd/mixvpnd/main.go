@@ -1,0 +1,125 @@
+// Command mixvpnd is the privileged mixvpn daemon: it owns the TUN device,
+// the routes, DNS and firewall, runs Fast or Anonymous mode, and serves the
+// control API on a Unix socket for the CLI and the desktop app.
+package main
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/mixvpn/mixvpn/platform/dns"
+	"github.com/mixvpn/mixvpn/platform/firewall"
+	"github.com/mixvpn/mixvpn/platform/router"
+	"github.com/mixvpn/mixvpn/tunnel/control"
+	"github.com/mixvpn/mixvpn/tunnel/daemon"
+	"github.com/mixvpn/mixvpn/tunnel/fast"
+)
+
+type options struct {
+	tun, directory, directoryKey, socket, group string
+	settings, systemSettings, resolvConf        string
+	debug                                       bool
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := command().ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "mixvpnd:", err)
+		os.Exit(1)
+	}
+}
+
+func command() *cobra.Command {
+	var o options
+	cmd := &cobra.Command{
+		Use:           "mixvpnd",
+		Short:         "The mixvpn daemon: owns the tunnel and serves the control API",
+		Args:          cobra.NoArgs,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Version:       daemon.Version,
+		RunE:          func(cmd *cobra.Command, _ []string) error { return run(cmd.Context(), o) },
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.tun, "tun", "mixvpn0", "name of the TUN device")
+	f.StringVar(&o.directory, "directory", os.Getenv("MIXVPN_DIRECTORY"), "directory authority URL (env MIXVPN_DIRECTORY)")
+	f.StringVar(&o.directoryKey, "directory-key", os.Getenv("MIXVPN_DIRECTORY_KEY"), "the directory's base64 ed25519 key, pinned (env MIXVPN_DIRECTORY_KEY)")
+	f.StringVar(&o.socket, "socket", control.DefaultSocketPath, "control socket")
+	f.StringVar(&o.group, "group", control.DefaultGroup, "group allowed to use the control socket")
+	f.StringVar(&o.settings, "settings", "/var/lib/mixvpn/settings.json", "the daemon's settings file")
+	f.StringVar(&o.systemSettings, "system-settings", "/etc/mixvpn/settings.json", "settings preset by the administrator")
+	f.StringVar(&o.resolvConf, "resolv-conf", "", "resolv.conf to manage when systemd-resolved is not running (default /etc/resolv.conf)")
+	f.BoolVar(&o.debug, "debug", false, "debug logging")
+	return cmd
+}
+
+func run(ctx context.Context, o options) error {
+	level := slog.LevelInfo
+	if o.debug {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	if os.Geteuid() != 0 {
+		return errors.New("must run as root (it manages a TUN device, routes and the firewall)")
+	}
+	key, err := base64.StdEncoding.DecodeString(o.directoryKey)
+	if err != nil || len(key) != 32 {
+		return errors.New("--directory-key must be the directory's base64 ed25519 public key")
+	}
+	dev, err := tun.CreateTUN(o.tun, fast.DefaultMTU)
+	if err != nil {
+		return fmt.Errorf("create TUN %s: %w", o.tun, err)
+	}
+	rt, err := router.New(router.Options{Logger: log})
+	if err != nil {
+		dev.Close()
+		return err
+	}
+	dc, err := dns.New(dns.Options{Logger: log, ResolvConf: o.resolvConf})
+	if err != nil {
+		dev.Close()
+		return err
+	}
+	fw, err := firewall.New(firewall.Options{Logger: log})
+	if err != nil {
+		dev.Close()
+		return err
+	}
+	d, err := daemon.New(daemon.Config{
+		Device: dev, DirectoryURL: o.directory, DirectoryKey: key,
+		Settings: o.settings, SystemSettings: o.systemSettings,
+		Router: rt, DNS: dc, Firewall: fw, Logger: log,
+	})
+	if err != nil {
+		dev.Close()
+		return err
+	}
+	ln, err := control.Listen(ctx, control.ListenConfig{Path: o.socket, Group: o.group, Logger: log})
+	if err != nil {
+		dev.Close()
+		return err
+	}
+	srv, err := control.NewServer(control.Config{Daemon: d, Logger: log})
+	if err != nil {
+		dev.Close()
+		return err
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ctx, ln) }()
+	log.Info("mixvpnd running", "tun", o.tun, "socket", o.socket, "directory", o.directory)
+	err = d.Run(ctx)
+	if serr := <-errc; err == nil && serr != nil && !errors.Is(serr, context.Canceled) {
+		err = serr
+	}
+	return err
+}
