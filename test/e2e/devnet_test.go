@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +20,7 @@ type devnetState struct {
 	DirectoryKey string `json:"directory_key"`
 	Hosts        []struct {
 		Name, Role, NS string
+		Addr4, Addr6   netip.Addr
 	} `json:"hosts"`
 }
 
@@ -144,4 +146,13 @@ func TestDevnetWithoutRoot(t *testing.T) {
 	if !strings.Contains(string(out), "local network loopback is up") || !strings.Contains(string(out), "200 of 200 answered") {
 		t.Fatalf("unexpected output:\n%s", out)
 	}
+}
+
+func (s devnetState) addr(name string) netip.Addr {
+	for _, h := range s.Hosts {
+		if h.Name == name {
+			return h.Addr4
+		}
+	}
+	return netip.Addr{}
 }
