@@ -149,3 +149,61 @@ func runClientDemo(ctx context.Context, cd *clientDaemon) error {
 	say("mixvpn disconnect")
 	return show("disconnect")
 }
+
+// runClientBench is the tunnel half of `make bench-net`: connect time and
+// goodput in Fast mode, goodput and round trip in Anonymous mode, and the
+// model's round trip for the same settings, as key=value lines.
+func runClientBench(ctx context.Context, cd *clientDaemon, inet netip.Addr) error {
+	start := time.Now()
+	if _, err := cd.run(ctx, "connect", "--mode", "fast"); err != nil {
+		return err
+	}
+	if err := cd.waitMode(ctx, "fast"); err != nil {
+		return err
+	}
+	fmt.Printf("fast_connect_ms=%d\n", time.Since(start).Milliseconds())
+	out, err := cd.fetch(ctx, "http://internet.mixvpn.test/blob/67108864", "--kv", "fast")
+	fmt.Print(out)
+	if err != nil {
+		return err
+	}
+	if _, err := cd.run(ctx, "mode", "anonymous"); err != nil {
+		return err
+	}
+	if err := cd.waitMode(ctx, "anonymous"); err != nil {
+		return err
+	}
+	out, err = cd.fetch(ctx, "http://internet.mixvpn.test/blob/2097152", "--kv", "anon")
+	fmt.Print(out)
+	if err != nil {
+		return err
+	}
+	// Round trip: pings through the tunnel, each waiting for a Poisson
+	// slot and crossing three mixes each way.
+	ping, err := cd.host.Output("ping", "-q", "-c", "30", "-i", "0.2", "-W", "5", inet.String())
+	if err != nil {
+		return fmt.Errorf("ping through the anonymous tunnel: %w: %s", err, ping)
+	}
+	if i := strings.Index(ping, "= "); i >= 0 {
+		if f := strings.Split(ping[i+2:], "/"); len(f) > 1 {
+			fmt.Printf("anon_rtt_ms=%s\n", f[1])
+		}
+	}
+	out, err = cd.run(ctx, "settings", "get", "--json")
+	if err != nil {
+		return err
+	}
+	var s struct {
+		MixRate     float64 `json:"mix_rate"`
+		LoopRate    float64 `json:"loop_rate"`
+		MeanDelayMS float64 `json:"mean_delay_ms"`
+	}
+	if err := json.Unmarshal([]byte(out), &s); err != nil || s.MixRate <= 0 {
+		return fmt.Errorf("settings: %v: %s", err, out)
+	}
+	// The model: the mean wait for the next send slot of the Poisson
+	// stream plus six exponential delays (three mixes each way).
+	fmt.Printf("anon_model_rtt_ms=%.1f\n", 1000/(s.MixRate+s.LoopRate)+6*s.MeanDelayMS)
+	_, err = cd.run(ctx, "disconnect")
+	return err
+}

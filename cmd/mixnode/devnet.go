@@ -379,7 +379,14 @@ func runDevnet(ctx context.Context, o devnetOptions) error {
 	if o.Bench {
 		cmd := client.Command(ctx, self, "probe", "--directory", dirURL, "--key", pub, "--packets", "500", "--kv")
 		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-		return cmd.Run()
+		if err := cmd.Run(); err != nil || os.Geteuid() != 0 {
+			return err
+		}
+		cd, err := startClientDaemon(ctx, sup, client, self, o.RunDir, dirURL, pub, hostAddr(plan, "inet"))
+		if err != nil {
+			return err
+		}
+		return runClientBench(ctx, cd, hostAddr(plan, "inet"))
 	}
 	if o.Demo {
 		cmd := client.Command(ctx, self, "probe", "--directory", dirURL, "--key", pub, "--packets", "200")
