@@ -3,20 +3,16 @@
 package firewall
 
 import (
-	"errors"
-	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/mixvpn/mixvpn/platform/netns"
-	vnetns "github.com/vishvananda/netns"
 )
 
 // These tests run the firewall in namespaces they make, never in the
@@ -55,41 +51,6 @@ func newLab(t *testing.T) *netns.Lab {
 		}
 	})
 	return lab
-}
-
-// inNS runs f on an OS thread switched into the namespace ns. Sockets f
-// opens stay in that namespace, whichever thread later uses them.
-func inNS(ns string, f func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := vnetns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		target, err := vnetns.GetFromName(ns)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer target.Close()
-		if err := vnetns.Set(target); err != nil {
-			errc <- fmt.Errorf("enter %s: %w", ns, err)
-			return
-		}
-		ferr := f()
-		if err := vnetns.Set(orig); err != nil {
-			// The thread stays locked, so the runtime discards it
-			// instead of running other goroutines in the wrong namespace.
-			errc <- errors.Join(ferr, err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
 }
 
 func listTable(t *testing.T, h *netns.Host) string {
@@ -179,7 +140,7 @@ func TestApplyEquivalentToRender(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i, p := range []Policy{{}, fullPolicy(), {Interface: "wg0", AllowLAN: true}} {
-		if err := inNS(viaGo.NS, func() error { return fw.Apply(t.Context(), p) }); err != nil {
+		if err := viaGo.Do(func() error { return fw.Apply(t.Context(), p) }); err != nil {
 			t.Fatalf("policy %d: %v", i, err)
 		}
 		text, err := Render(p)
@@ -217,7 +178,7 @@ func TestApplyBlocksAndRemoveRestores(t *testing.T) {
 
 	// The peer plays the entry gateway on UDP 51820.
 	var gw *net.UDPConn
-	if err := inNS(peer.NS, func() (err error) {
+	if err := peer.Do(func() (err error) {
 		gw, err = net.ListenUDP("udp", &net.UDPAddr{Port: 51820})
 		return err
 	}); err != nil {
@@ -225,7 +186,7 @@ func TestApplyBlocksAndRemoveRestores(t *testing.T) {
 	}
 	defer gw.Close()
 	dial := func(port int) (c *net.UDPConn, err error) {
-		err = inNS(client.NS, func() error {
+		err = client.Do(func() error {
 			c, err = net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(peer4, uint16(port))))
 			return err
 		})
@@ -258,11 +219,11 @@ func TestApplyBlocksAndRemoveRestores(t *testing.T) {
 	}
 	apply := func(p Policy) {
 		t.Helper()
-		if err := inNS(client.NS, func() error { return fw.Apply(t.Context(), p) }); err != nil {
+		if err := client.Do(func() error { return fw.Apply(t.Context(), p) }); err != nil {
 			t.Fatal(err)
 		}
 	}
-	t.Cleanup(func() { inNS(client.NS, fw.Remove) })
+	t.Cleanup(func() { client.Do(fw.Remove) })
 
 	tunnel := Policy{
 		Interface: "mvtun0",
@@ -296,7 +257,7 @@ func TestApplyBlocksAndRemoveRestores(t *testing.T) {
 		t.Fatalf("%d output chains after replacing the policy", n)
 	}
 
-	if err := inNS(client.NS, fw.Remove); err != nil {
+	if err := client.Do(fw.Remove); err != nil {
 		t.Fatal(err)
 	}
 	if hasTable(t, client) {
@@ -305,7 +266,7 @@ func TestApplyBlocksAndRemoveRestores(t *testing.T) {
 	if !pings(client, peer4) || !pings(client, peer6) {
 		t.Fatal("peer unreachable after Remove")
 	}
-	if err := inNS(client.NS, fw.Remove); err != nil {
+	if err := client.Do(fw.Remove); err != nil {
 		t.Fatalf("second Remove: %v", err)
 	}
 }

@@ -9,13 +9,11 @@ import (
 	"net/netip"
 	"os"
 	"regexp"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/mixvpn/mixvpn/platform/netns"
-	vnetns "github.com/vishvananda/netns"
 	"golang.zx2c4.com/wireguard/tun"
 )
 
@@ -96,7 +94,7 @@ func setup(t *testing.T) *fixture {
 			t.Fatal(err)
 		}
 	}
-	if err := inNS(f.client.NS, func() (err error) {
+	if err := f.client.Do(func() (err error) {
 		f.dev, err = tun.CreateTUN(tunName, 1420)
 		return err
 	}); err != nil {
@@ -111,7 +109,7 @@ func setup(t *testing.T) *fixture {
 func (f *fixture) newRouter(t *testing.T) Router {
 	t.Helper()
 	var r Router
-	if err := inNS(f.client.NS, func() (err error) {
+	if err := f.client.Do(func() (err error) {
 		r, err = New(Options{})
 		return err
 	}); err != nil {
@@ -151,42 +149,6 @@ func (f *fixture) routeGet(t *testing.T, args ...string) string {
 		t.Fatal(err)
 	}
 	return out
-}
-
-// inNS runs fn on an OS thread switched into the namespace ns. Sockets
-// and devices fn opens stay in that namespace, whichever thread later uses
-// them.
-func inNS(ns string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := vnetns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		target, err := vnetns.GetFromName(ns)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer target.Close()
-		if err := vnetns.Set(target); err != nil {
-			errc <- fmt.Errorf("enter %s: %w", ns, err)
-			return
-		}
-		ferr := fn()
-		if err := vnetns.Set(orig); err != nil {
-			// The thread stays locked, so the runtime discards it
-			// instead of running other goroutines in the wrong namespace.
-			errc <- errors.Join(ferr, err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
 }
 
 // tunDestinations reads packets from the TUN until it is closed and sends
@@ -382,7 +344,7 @@ func TestRouterSendsTrafficThroughTUN(t *testing.T) {
 	// An unmarked socket reaches the entry gateway's port by the bypass
 	// rule, while another port of the same address goes into the tunnel.
 	var gw *net.UDPConn
-	if err := inNS(f.peer.NS, func() (err error) {
+	if err := f.peer.Do(func() (err error) {
 		gw, err = net.ListenUDP("udp", &net.UDPAddr{IP: entry4.AsSlice(), Port: 51820})
 		return err
 	}); err != nil {
@@ -390,7 +352,7 @@ func TestRouterSendsTrafficThroughTUN(t *testing.T) {
 	}
 	defer gw.Close()
 	var c1, c2 *net.UDPConn
-	if err := inNS(f.client.NS, func() (err error) {
+	if err := f.client.Do(func() (err error) {
 		if c1, err = net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(entry4, 51820))); err != nil {
 			return err
 		}
