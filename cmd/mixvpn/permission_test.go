@@ -3,7 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
+	"github.com/mixvpn/mixvpn/tunnel/control/controltest"
 	"os"
 	"os/exec"
 	"os/user"
@@ -57,7 +57,7 @@ func TestNotInGroup(t *testing.T) {
 				}
 			}
 			bin := filepath.Join(dir, "mixvpn.test")
-			copyExecutable(t, bin)
+			controltest.CopyTestBinary(t, bin)
 			cmd := exec.Command(setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", bin, "-test.run=^TestHelperCLI$")
 			cmd.Env = append(os.Environ(), helperEnv+"=1", socketEnv+"="+path)
 			out, err := cmd.CombinedOutput()
@@ -68,31 +68,5 @@ func TestNotInGroup(t *testing.T) {
 				t.Fatalf("as nobody, mixvpn status said:\n%s\nwant %q and exit 1", out, c.want)
 			}
 		})
-	}
-}
-
-// copyExecutable puts the test binary where another user can run it: the
-// go build cache is root's alone.
-func copyExecutable(t *testing.T, dst string) {
-	t.Helper()
-	src, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	in, err := os.Open(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		t.Fatal(err)
-	}
-	if err := out.Close(); err != nil {
-		t.Fatal(err)
 	}
 }

@@ -3,7 +3,7 @@ package control
 import (
 	"context"
 	"fmt"
-	"io"
+	"github.com/mixvpn/mixvpn/tunnel/control/controltest"
 	"os"
 	"os/exec"
 	"os/user"
@@ -55,7 +55,7 @@ func TestPeerCredentials(t *testing.T) {
 		}
 	}
 	bin := filepath.Join(dir, "control.test")
-	copyExecutable(t, bin)
+	controltest.CopyTestBinary(t, bin)
 
 	nobodyGroup, _ := user.LookupGroupId("65534")
 	rootGroup, err := user.LookupGroupId("0")
@@ -94,31 +94,5 @@ func TestPeerCredentials(t *testing.T) {
 				t.Fatalf("helper said:\n%s\nwant %q", out, c.want)
 			}
 		})
-	}
-}
-
-// copyExecutable puts the test binary where another user can run it: the
-// go build cache is root's alone.
-func copyExecutable(t *testing.T, dst string) {
-	t.Helper()
-	src, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	in, err := os.Open(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		t.Fatal(err)
-	}
-	if err := out.Close(); err != nil {
-		t.Fatal(err)
 	}
 }
