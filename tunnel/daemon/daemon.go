@@ -61,6 +61,9 @@ type Daemon struct {
 	log    *slog.Logger
 	shared *tunnel.Shared
 	ifname string
+	// fetcher is the one directory client: it falls back to the last
+	// good document while the directory is briefly unreachable.
+	fetcher *directory.Fetcher
 
 	// op serialises connects, switches and disconnects.
 	op sync.Mutex
@@ -72,7 +75,6 @@ type Daemon struct {
 	cur      Tunnel
 	fastT    *fast.Tunnel
 	anonT    *anon.Tunnel
-	fwOn     bool
 	dnsOn    bool
 }
 
@@ -96,7 +98,8 @@ func New(cfg Config) (*Daemon, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	d := &Daemon{cfg: cfg, log: log, ifname: name, settings: s, subs: map[chan control.Event]struct{}{}}
+	d := &Daemon{cfg: cfg, log: log, ifname: name, settings: s, subs: map[chan control.Event]struct{}{},
+		fetcher: &directory.Fetcher{URL: cfg.DirectoryURL, Key: cfg.DirectoryKey}}
 	d.status = control.Status{State: control.StateDisconnected, Mode: s.Mode, Since: time.Now(), DaemonVersion: Version}
 	return d, nil
 }
@@ -226,7 +229,7 @@ func (d *Daemon) bringUp(mode control.Mode, entry, exit string) {
 		d.log.Warn("connect failed", "err", err)
 		d.setStatus(func(st *control.Status) { st.State, st.Error = control.StateError, err.Error() })
 	}
-	doc, err := (&directory.Fetcher{URL: d.cfg.DirectoryURL, Key: d.cfg.DirectoryKey}).Fetch(ctx)
+	doc, err := d.fetcher.Fetch(ctx)
 	if err != nil {
 		fail(fmt.Errorf("cannot reach the directory: %w", err))
 		return
@@ -243,7 +246,7 @@ func (d *Daemon) bringUp(mode control.Mode, entry, exit string) {
 	var entryID, exitID string
 	switch mode {
 	case control.ModeFast:
-		fc, joined, err := fast.Join(ctx, fast.JoinConfig{DirectoryURL: d.cfg.DirectoryURL, DirectoryKey: d.cfg.DirectoryKey, Entry: entry, Exit: exit, Logger: d.log})
+		fc, joined, err := fast.Join(ctx, fast.JoinConfig{DirectoryURL: d.cfg.DirectoryURL, DirectoryKey: d.cfg.DirectoryKey, Document: doc, Entry: entry, Exit: exit, Logger: d.log})
 		if err != nil {
 			fail(err)
 			return
@@ -265,7 +268,7 @@ func (d *Daemon) bringUp(mode control.Mode, entry, exit string) {
 		d.mu.Unlock()
 	case control.ModeAnonymous:
 		t, err := anon.New(anon.Config{Logger: d.log, Connect: client.ConnectConfig{
-			DirectoryURL: d.cfg.DirectoryURL, DirectoryKey: d.cfg.DirectoryKey, Entry: entry, Exit: exit,
+			DirectoryURL: d.cfg.DirectoryURL, DirectoryKey: d.cfg.DirectoryKey, Document: doc, Entry: entry, Exit: exit,
 			Client: client.Config{Rate: s.MixRate, LoopRate: s.LoopRate, MeanDelay: s.MeanDelay},
 		}}, d.shared.Lease())
 		if err != nil {
@@ -354,9 +357,6 @@ func (d *Daemon) applyFirewall(bypass []netip.AddrPort) error {
 	if err := d.cfg.Firewall.Apply(context.Background(), p); err != nil {
 		return fmt.Errorf("firewall: %w", err)
 	}
-	d.mu.Lock()
-	d.fwOn = true
-	d.mu.Unlock()
 	return nil
 }
 
@@ -384,9 +384,6 @@ func (d *Daemon) Disconnect(ctx context.Context) error {
 		d.applyFirewall(nil)
 	} else {
 		d.cfg.Firewall.Remove()
-		d.mu.Lock()
-		d.fwOn = false
-		d.mu.Unlock()
 	}
 	d.setStatus(func(st *control.Status) { st.State, st.Error = control.StateDisconnected, "" })
 	return nil
@@ -394,7 +391,7 @@ func (d *Daemon) Disconnect(ctx context.Context) error {
 
 // Gateways lists the gateways in the directory.
 func (d *Daemon) Gateways(ctx context.Context) ([]control.Gateway, error) {
-	doc, err := (&directory.Fetcher{URL: d.cfg.DirectoryURL, Key: d.cfg.DirectoryKey}).Fetch(ctx)
+	doc, err := d.fetcher.Fetch(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("directory: %w", err)
 	}
