@@ -362,21 +362,39 @@ func (c *Client) transmit(pkt []byte) {
 	c.stats.bytesOut.Add(uint64(len(pkt)))
 }
 
-func (c *Client) sendCover(rng *mrand.Rand) {
+// pooled is a prepared item, built for one generation of the topology.
+type pooled interface {
+	generation() uint64
+}
+
+func (it packetItem) generation() uint64 { return it.gen }
+func (it loopItem) generation() uint64   { return it.gen }
+func (it surbItem) generation() uint64   { return it.gen }
+
+// fromPool takes a prepared item of the current generation from pool,
+// throwing away stale ones, and reports false if none is ready. Every take
+// asks the precompute worker to refill.
+func fromPool[T pooled](c *Client, pool chan T) (T, bool) {
 	gen := c.currentGen()
-	c.stats.cover.Add(1)
 	for {
 		select {
-		case it := <-c.cover:
+		case it := <-pool:
 			c.kick()
-			if it.gen != gen {
-				continue
+			if it.generation() == gen {
+				return it, true
 			}
-			c.transmit(it.pkt)
-			return
 		default:
+			var zero T
+			return zero, false
 		}
-		break
+	}
+}
+
+func (c *Client) sendCover(rng *mrand.Rand) {
+	c.stats.cover.Add(1)
+	if it, ok := fromPool(c, c.cover); ok {
+		c.transmit(it.pkt)
+		return
 	}
 	c.stats.late.Add(1)
 	pkt, _, err := c.makeCover(rng)
@@ -388,20 +406,10 @@ func (c *Client) sendCover(rng *mrand.Rand) {
 }
 
 func (c *Client) sendLoop(rng *mrand.Rand) {
-	gen := c.currentGen()
 	c.stats.loops.Add(1)
-	for {
-		select {
-		case it := <-c.loops:
-			c.kick()
-			if it.gen != gen {
-				continue
-			}
-			c.launchLoop(it)
-			return
-		default:
-		}
-		break
+	if it, ok := fromPool(c, c.loops); ok {
+		c.launchLoop(it)
+		return
 	}
 	c.stats.late.Add(1)
 	it, err := c.makeLoop(rng)
@@ -548,22 +556,12 @@ func (c *Client) makeSURB(rng *mrand.Rand) (surbItem, error) {
 // takeSURB returns a ready SURB, building one if the pool is empty, and
 // keeps its keys for the reply.
 func (c *Client) takeSURB(rng *mrand.Rand) ([]byte, error) {
-	gen := c.currentGen()
-	var it surbItem
-	for {
-		select {
-		case it = <-c.surbs:
-			c.kick()
-			if it.gen != gen {
-				continue
-			}
-		default:
-			var err error
-			if it, err = c.makeSURB(rng); err != nil {
-				return nil, err
-			}
+	it, ok := fromPool(c, c.surbs)
+	if !ok {
+		var err error
+		if it, err = c.makeSURB(rng); err != nil {
+			return nil, err
 		}
-		break
 	}
 	c.stats.surbs.Add(1)
 	c.mu.Lock()
