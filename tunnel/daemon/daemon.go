@@ -33,11 +33,6 @@ import (
 // Version is the daemon's version, reported by GetStatus.
 const Version = "0.1.0"
 
-// Tunnel is what the daemon drives in either mode.
-type Tunnel interface {
-	Close() error
-}
-
 // Config configures a Daemon.
 type Config struct {
 	// Device is the TUN device; the daemon owns and closes it.
@@ -72,7 +67,7 @@ type Daemon struct {
 	status   control.Status
 	settings control.Settings
 	subs     map[chan control.Event]struct{}
-	cur      Tunnel
+	cur      modeTunnel
 	fastT    *fast.Tunnel
 	anonT    *anon.Tunnel
 	dnsOn    bool
@@ -241,58 +236,22 @@ func (d *Daemon) bringUp(mode control.Mode, entry, exit string) {
 			return
 		}
 	}
-	var next Tunnel
-	var addrs []netip.Prefix
-	var entryID, exitID string
-	switch mode {
-	case control.ModeFast:
-		fc, joined, err := fast.Join(ctx, fast.JoinConfig{DirectoryURL: d.cfg.DirectoryURL, DirectoryKey: d.cfg.DirectoryKey, Document: doc, Entry: entry, Exit: exit, Logger: d.log})
-		if err != nil {
-			fail(err)
-			return
-		}
-		fc.FwMark = router.FwMark
-		t, err := fast.New(fc, d.shared.Lease())
-		if err != nil {
-			fail(err)
-			return
-		}
-		if err := t.Up(ctx); err != nil {
-			t.Close()
-			fail(err)
-			return
-		}
-		next, addrs, entryID, exitID = t, fc.InnerAddrs, joined.EntryID, joined.ExitID
-		d.mu.Lock()
-		d.fastT, d.anonT = t, nil
-		d.mu.Unlock()
-	case control.ModeAnonymous:
-		t, err := anon.New(anon.Config{Logger: d.log, Connect: client.ConnectConfig{
-			DirectoryURL: d.cfg.DirectoryURL, DirectoryKey: d.cfg.DirectoryKey, Document: doc, Entry: entry, Exit: exit,
-			Client: client.Config{Rate: s.MixRate, LoopRate: s.LoopRate, MeanDelay: s.MeanDelay},
-		}}, d.shared.Lease())
-		if err != nil {
-			fail(err)
-			return
-		}
-		if err := t.Up(ctx); err != nil {
-			t.Close()
-			fail(err)
-			return
-		}
-		v4, v6 := t.Addrs()
-		st := t.Stats()
-		next, addrs, entryID, exitID = t, []netip.Prefix{netip.PrefixFrom(v4, 32), netip.PrefixFrom(v6, 128)}, st.Entry, st.Exit
-		d.mu.Lock()
-		d.fastT, d.anonT = nil, t
-		d.mu.Unlock()
-	default:
-		fail(fmt.Errorf("unknown mode %v", mode))
+	t, describe, err := d.newTunnel(ctx, mode, doc, entry, exit, s)
+	if err != nil {
+		fail(err)
 		return
 	}
+	if err := t.Up(ctx); err != nil {
+		t.Close()
+		fail(err)
+		return
+	}
+	addrs, entryID, exitID := describe()
 	d.mu.Lock()
 	old := d.cur
-	d.cur = next
+	d.cur = t
+	d.fastT, _ = t.(*fast.Tunnel)
+	d.anonT, _ = t.(*anon.Tunnel)
 	d.mu.Unlock()
 	if old != nil {
 		old.Close()
@@ -317,6 +276,44 @@ func (d *Daemon) bringUp(mode control.Mode, entry, exit string) {
 	d.setStatus(func(st *control.Status) {
 		st.State, st.Mode, st.Entry, st.Exit, st.Error = control.StateConnected, mode, entryID, exitID, ""
 	})
+}
+
+// modeTunnel is a tunnel of either mode: tunnel/fast's or tunnel/anon's.
+type modeTunnel interface {
+	Up(ctx context.Context) error
+	Close() error
+}
+
+// newTunnel builds the tunnel of mode on a new lease of the device; once it
+// is up, describe tells its inner addresses and its gateways.
+func (d *Daemon) newTunnel(ctx context.Context, mode control.Mode, doc *directory.Document, entry, exit string, s control.Settings) (modeTunnel, func() ([]netip.Prefix, string, string), error) {
+	switch mode {
+	case control.ModeFast:
+		fc, joined, err := fast.Join(ctx, fast.JoinConfig{DirectoryURL: d.cfg.DirectoryURL, DirectoryKey: d.cfg.DirectoryKey, Document: doc, Entry: entry, Exit: exit, Logger: d.log})
+		if err != nil {
+			return nil, nil, err
+		}
+		fc.FwMark = router.FwMark
+		t, err := fast.New(fc, d.shared.Lease())
+		if err != nil {
+			return nil, nil, err
+		}
+		return t, func() ([]netip.Prefix, string, string) { return fc.InnerAddrs, joined.EntryID, joined.ExitID }, nil
+	case control.ModeAnonymous:
+		t, err := anon.New(anon.Config{Logger: d.log, Connect: client.ConnectConfig{
+			DirectoryURL: d.cfg.DirectoryURL, DirectoryKey: d.cfg.DirectoryKey, Document: doc, Entry: entry, Exit: exit,
+			Client: client.Config{Rate: s.MixRate, LoopRate: s.LoopRate, MeanDelay: s.MeanDelay},
+		}}, d.shared.Lease())
+		if err != nil {
+			return nil, nil, err
+		}
+		return t, func() ([]netip.Prefix, string, string) {
+			v4, v6 := t.Addrs()
+			st := t.Stats()
+			return []netip.Prefix{netip.PrefixFrom(v4, 32), netip.PrefixFrom(v6, 128)}, st.Entry, st.Exit
+		}, nil
+	}
+	return nil, nil, fmt.Errorf("unknown mode %v", mode)
 }
 
 // bypass lists what the daemon reaches around the tunnel: the directory
