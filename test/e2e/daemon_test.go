@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -178,7 +179,11 @@ func leaks(st devnetState, lines []string) (bad []string, tunnel int) {
 			continue
 		}
 		src, dst := f[2], strings.TrimSuffix(f[4], ":")
-		hostOf := func(ep string) string { return ep[:strings.LastIndex(ep, ".")] }
+		// The kernel's multicast listener reports go to link-scope
+		// multicast (ff02::) and never leave the link, like ND.
+		if f[1] == "IP6" && strings.HasPrefix(dst, "ff02::") && strings.Contains(l, "ICMP6, multicast listener report") {
+			continue
+		}
 		switch {
 		case hostOf(src) == client && allowed[dst], hostOf(dst) == client && allowed[src]:
 			tunnel++
@@ -187,6 +192,15 @@ func leaks(st devnetState, lines []string) (bad []string, tunnel int) {
 		}
 	}
 	return bad, tunnel
+}
+
+// hostOf strips the port tcpdump appends to an address with a dot; an
+// endpoint without one (ICMP, or an IPv6 address alone) is all host.
+func hostOf(ep string) string {
+	if n := strings.Count(ep, "."); n == 4 || n == 1 && strings.Contains(ep, ":") {
+		return ep[:strings.LastIndex(ep, ".")]
+	}
+	return ep
 }
 
 // TestLeakConnectSwitchDisconnect drives the daemon as a user would, Fast
@@ -224,4 +238,32 @@ func TestLeakConnectSwitchDisconnect(t *testing.T) {
 		t.Fatalf("%d packets left outside the tunnel, first: %v", len(bad), bad[:min(len(bad), 10)])
 	}
 	t.Logf("%d packets captured on the outer interface, all tunnel traffic", tunnel)
+}
+
+// TestLeaksParser needs no root: it checks the capture reading on lines
+// tcpdump prints, including ones with no port, which must not crash it.
+func TestLeaksParser(t *testing.T) {
+	var st devnetState
+	st.DirectoryURL = "http://198.51.100.2:8080"
+	st.Hosts = append(st.Hosts, struct {
+		Name, Role, NS string
+		Addr4, Addr6   netip.Addr
+	}{Name: "client", Role: "client", Addr4: netip.MustParseAddr("198.51.100.100")}, struct {
+		Name, Role, NS string
+		Addr4, Addr6   netip.Addr
+	}{Name: "entry1", Role: "entry", Addr4: netip.MustParseAddr("198.51.100.11")})
+	lines := []string{
+		"06:00:00.000001 IP 198.51.100.100.40000 > 198.51.100.11.51820: UDP, length 148",
+		"06:00:00.000002 IP 198.51.100.11.1789 > 198.51.100.100.40001: tcp 2430",
+		"06:00:00.000003 IP 198.51.100.100.40002 > 198.51.100.2.8080: tcp 0",
+		"06:00:00.000004 IP6 :: > ff02::16: HBH ICMP6, multicast listener report v2, 1 group record(s), length 28",
+		"06:00:00.000005 ARP, Request who-has 198.51.100.11 tell 198.51.100.100, length 28",
+		"06:00:00.000006 IP 198.51.100.100.5353 > 198.51.100.80.53: UDP, length 40",
+		"06:00:00.000007 IP 198.51.100.100 > 198.51.100.80: ICMP echo request, id 1, seq 1, length 64",
+		"06:00:00.000008 IP 198.51.100.100.40003 > 198.51.100.11.22: tcp 0",
+	}
+	bad, tunnel := leaks(st, lines)
+	if tunnel != 3 || len(bad) != 3 {
+		t.Fatalf("tunnel %d, leaks %d: %v", tunnel, len(bad), bad)
+	}
 }
