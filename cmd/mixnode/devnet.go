@@ -66,6 +66,13 @@ func devnetPlan() []devHost {
 	}
 }
 
+// wgDeviceName names a gateway's WireGuard device: "wg", the run's last
+// six characters and the host's name, cut to an interface name's limit.
+func wgDeviceName(runID, host string) string {
+	name := "wg" + runID[max(0, len(runID)-6):] + host
+	return name[:min(len(name), 15)]
+}
+
 // supervisor starts processes and stops them all, gently then firmly.
 type supervisor struct {
 	log    *slog.Logger
@@ -323,8 +330,9 @@ func runDevnet(ctx context.Context, o devnetOptions) error {
 		if (h.Role == "entry" || h.Role == "exit") && os.Geteuid() == 0 {
 			pool := wireGuardPools[h.Name]
 			// UAPI sockets live in one directory for all namespaces: names
-			// must differ.
-			cfg.WireGuard = &wireGuardConfig{Device: "wg-" + h.Name, Port: 51820, Prefix4: pool[0], Prefix6: pool[1]}
+			// must differ between hosts and between local networks running
+			// side by side, within the 15 bytes of an interface name.
+			cfg.WireGuard = &wireGuardConfig{Device: wgDeviceName(runID, h.Name), Port: 51820, Prefix4: pool[0], Prefix6: pool[1]}
 		}
 		switch h.Role {
 		case "entry", "mix":
