@@ -215,6 +215,9 @@ func New(cfg Config) (*Client, error) {
 		cfg.AvoidFor = DefaultAvoidFor
 	}
 	cfg.Session.setDefaults()
+	if cfg.Session.ReorderHold == 0 {
+		cfg.Session.ReorderHold = reorderHoldPerDelay * cfg.MeanDelay
+	}
 	c := &Client{
 		cfg:       cfg,
 		log:       cfg.Logger,

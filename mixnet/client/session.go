@@ -36,6 +36,12 @@ type SessionConfig struct {
 	InboxSize int
 	// CloseTimeout bounds how long Close waits for the exit; default 5 s.
 	CloseTimeout time.Duration
+	// ReorderHold is the longest a received IP packet waits for earlier
+	// ones, so that the stream reaches TCP in order (see
+	// session.Sequencer); default seven mean per-mix delays, which covers
+	// the spread of three delays but for about one packet in 10^4.
+	// Negative delivers packets as they arrive.
+	ReorderHold time.Duration
 }
 
 func (c *SessionConfig) setDefaults() {
@@ -58,6 +64,9 @@ func (c *SessionConfig) setDefaults() {
 		c.CloseTimeout = 5 * time.Second
 	}
 }
+
+// reorderHoldPerDelay is ReorderHold's default in mean per-mix delays.
+const reorderHoldPerDelay = 7
 
 // Errors of a session.
 var (
@@ -95,6 +104,8 @@ type Session struct {
 	sentSince int // SURBs sent since that report
 	lastSent  time.Time
 	reasm     session.Reassembler
+	order     session.Sequencer
+	release   *time.Timer // runs order.Release when a held packet is due
 	dropped   uint64
 }
 
@@ -124,6 +135,9 @@ func (c *Client) OpenSession(ctx context.Context) (*Session, error) {
 		stop: make(chan struct{}), done: make(chan struct{}), in: make(chan []byte, c.cfg.Session.InboxSize),
 	}
 	cryptoRead(s.id[:])
+	s.order.Hold = s.cfg.ReorderHold
+	s.release = time.AfterFunc(time.Hour, s.releaseHeld)
+	s.release.Stop()
 	s.seq = 1
 	s.control = []pendingControl{{typ: session.RecordOpen, seq: 1}}
 	c.mu.Lock()
@@ -242,6 +256,7 @@ func (s *Session) flushSURBs() {
 }
 
 func (s *Session) shutdown() {
+	s.release.Stop()
 	select {
 	case <-s.stop:
 	default:
@@ -397,22 +412,48 @@ func (s *Session) handle(msg []byte, now time.Time) {
 			p, off, total, data := r.Fragment()
 			pkt, err := s.reasm.Add(p, off, total, data, now)
 			if err == nil && pkt != nil {
-				out = append(out, bytes.Clone(pkt))
+				if s.order.Hold < 0 {
+					out = append(out, bytes.Clone(pkt))
+				} else {
+					s.order.Add(p, pkt, now, func(b []byte) { out = append(out, bytes.Clone(b)) })
+				}
 			}
 		}
 		return nil
 	})
 	s.reasm.Expire(now.Add(-s.cfg.KeepAlive))
-	for _, p := range out {
+	s.deliver(out)
+	if due, ok := s.order.Due(); ok {
+		s.release.Reset(due.Sub(now))
+	}
+	s.mu.Unlock()
+	if err != nil {
+		s.c.log.Debug("bad reply message", "err", err)
+	}
+}
+
+// releaseHeld gives up on a gap that a held packet has waited out.
+func (s *Session) releaseHeld() {
+	var out [][]byte
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := time.Now()
+	s.order.Release(now, func(b []byte) { out = append(out, bytes.Clone(b)) })
+	s.deliver(out)
+	if due, ok := s.order.Due(); ok {
+		s.release.Reset(due.Sub(now))
+	}
+}
+
+// deliver hands received IP packets to the reader, dropping what does not
+// fit as a full NIC would. Called with mu.
+func (s *Session) deliver(pkts [][]byte) {
+	for _, p := range pkts {
 		select {
 		case s.in <- p:
 		default:
 			s.dropped++
 		}
-	}
-	s.mu.Unlock()
-	if err != nil {
-		s.c.log.Debug("bad reply message", "err", err)
 	}
 }
 

@@ -49,6 +49,11 @@ type ExitConfig struct {
 	// FlushDelay is how long a part-filled reply waits for more data;
 	// default 2 ms.
 	FlushDelay time.Duration
+	// ReorderHold is the longest a client's IP packet waits for earlier
+	// ones before going out (see session.Sequencer), so that uploads
+	// reach the internet in order; default 100 ms, about seven of the
+	// default mean per-mix delays. Negative sends packets as they arrive.
+	ReorderHold time.Duration
 	// Offset is the headroom the device needs in front of each packet;
 	// default 16 (a Linux TUN with offloads needs at least 10).
 	Offset int
@@ -96,6 +101,7 @@ type exitSession struct {
 	lastSeen time.Time
 	packetID uint16
 	reasm    session.Reassembler
+	order    session.Sequencer
 }
 
 type pendingControl struct {
@@ -125,6 +131,9 @@ func NewExit(cfg ExitConfig) (*Exit, error) {
 	}
 	if cfg.FlushDelay <= 0 {
 		cfg.FlushDelay = 2 * time.Millisecond
+	}
+	if cfg.ReorderHold == 0 {
+		cfg.ReorderHold = 100 * time.Millisecond
 	}
 	if cfg.Offset <= 0 {
 		cfg.Offset = 16
@@ -214,7 +223,11 @@ func (e *Exit) Final(_ sphinx.Address, _ sphinx.MessageID, msg []byte) error {
 				return nil
 			}
 			if pkt != nil {
-				out = append(out, pkt)
+				if s.order.Hold < 0 {
+					out = e.outgoing(out, s, pkt)
+				} else {
+					s.order.Add(p, pkt, now, func(b []byte) { out = e.outgoing(out, s, b) })
+				}
 			}
 		}
 		return nil
@@ -229,7 +242,7 @@ func (e *Exit) Final(_ sphinx.Address, _ sphinx.MessageID, msg []byte) error {
 	if s == nil {
 		return nil
 	}
-	e.writeOut(s, out)
+	e.writeOut(out)
 	e.kick()
 	return nil
 }
@@ -297,6 +310,7 @@ func (e *Exit) session(id session.ID, create bool) (*exitSession, error) {
 		return nil, err
 	}
 	s := &exitSession{id: id, v4: v4, v6: v6, lastSeen: e.cfg.Now()}
+	s.order.Hold = e.cfg.ReorderHold
 	e.sessions[id] = s
 	e.byAddr[v4] = s
 	e.byAddr[v6] = s
@@ -304,27 +318,26 @@ func (e *Exit) session(id session.ID, create bool) (*exitSession, error) {
 	return s, nil
 }
 
-// writeOut sends a session's reassembled packets to the device, refusing
-// any whose source is not the session's own address.
-func (e *Exit) writeOut(s *exitSession, pkts [][]byte) {
-	if len(pkts) == 0 {
-		return
+// outgoing appends a copy of a session's IP packet, with the device's
+// headroom in front, to bufs, unless its source is not the session's own
+// address. Called with s.mu.
+func (e *Exit) outgoing(bufs [][]byte, s *exitSession, p []byte) [][]byte {
+	src, _, err := ipAddrs(p)
+	if err != nil || (src != s.v4 && src != s.v6) {
+		e.stats.spoofed.Add(1)
+		return bufs
 	}
-	off := e.cfg.Offset
-	bufs := make([][]byte, 0, len(pkts))
-	for _, p := range pkts {
-		src, _, err := ipAddrs(p)
-		if err != nil || (src != s.v4 && src != s.v6) {
-			e.stats.spoofed.Add(1)
-			continue
-		}
-		b := make([]byte, off+len(p))
-		copy(b[off:], p)
-		bufs = append(bufs, b)
-	}
+	b := make([]byte, e.cfg.Offset+len(p))
+	copy(b[e.cfg.Offset:], p)
+	return append(bufs, b)
+}
+
+// writeOut sends packets made by outgoing to the device.
+func (e *Exit) writeOut(bufs [][]byte) {
 	if len(bufs) == 0 {
 		return
 	}
+	off := e.cfg.Offset
 	if _, err := e.cfg.Device.Write(bufs, off); err != nil {
 		e.stats.dropped.Add(uint64(len(bufs)))
 		e.log.Debug("device write failed", "err", err)
@@ -454,9 +467,21 @@ func (e *Exit) flush() {
 	now := e.cfg.Now()
 	buf := make([]byte, session.MaxMessageSize)
 	for _, s := range list {
+		e.releaseHeld(s, now)
 		for e.flushOne(s, buf, now) {
 		}
 	}
+}
+
+// releaseHeld sends the packets of s that waited out a gap in the stream.
+func (e *Exit) releaseHeld(s *exitSession, now time.Time) {
+	var out [][]byte
+	s.mu.Lock()
+	if s.order.Held() > 0 {
+		s.order.Release(now, func(b []byte) { out = e.outgoing(out, s, b) })
+	}
+	s.mu.Unlock()
+	e.writeOut(out)
 }
 
 // flushOne sends at most one reply for s and reports whether it sent one.
