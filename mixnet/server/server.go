@@ -206,6 +206,7 @@ func Build(cfg Config) (*Node, func(context.Context) error, error) {
 			return nil, nil, err
 		}
 		handler = n.Exit
+		registerExitMetrics(reg, n.Exit)
 	case directory.RoleMix:
 	default:
 		return nil, nil, fmt.Errorf("server: unknown role %q", cfg.Role)
@@ -408,6 +409,25 @@ func (l *clientLink) Deliver(id sphinx.MessageID, block []byte) error {
 		return err
 	}
 	return l.c.Send(body[:])
+}
+
+// registerExitMetrics exports the exit's counters; NoSURB in particular
+// tells an operator that clients' downloads wait for reply blocks.
+func registerExitMetrics(reg prometheus.Registerer, e *gateway.Exit) {
+	counter := func(name, help string, get func(gateway.ExitStats) uint64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "mixnode_exit_" + name, Help: help},
+			func() float64 { return float64(get(e.Stats())) })
+	}
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "mixnode_exit_sessions", Help: "Live anonymous sessions."},
+			func() float64 { return float64(e.Stats().Sessions) }),
+		counter("packets_out_total", "IP packets sent to the internet.", func(s gateway.ExitStats) uint64 { return s.PacketsOut }),
+		counter("packets_in_total", "IP packets from the internet for a session.", func(s gateway.ExitStats) uint64 { return s.PacketsIn }),
+		counter("replies_total", "Reply packets sent on SURBs.", func(s gateway.ExitStats) uint64 { return s.RepliesSent }),
+		counter("dropped_total", "IP packets dropped (queue full, no session, device errors).", func(s gateway.ExitStats) uint64 { return s.Dropped }),
+		counter("spoofed_total", "IP packets refused for a source not the session's.", func(s gateway.ExitStats) uint64 { return s.Spoofed }),
+		counter("no_surb_total", "Times a due reply waited because the session had no SURB.", func(s gateway.ExitStats) uint64 { return s.NoSURB }),
+	)
 }
 
 func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry) error {
