@@ -54,7 +54,11 @@ const (
 	LionessKeySize = 4 * 32
 	// SURBKeySeedSize is the seed from which the replier's payload key is
 	// expanded; the seed travels in the SURB, the expansion never does.
-	SURBKeySeedSize = 32
+	// κ bytes, the security level of the rest of the packet; at 16 rather
+	// than 32 five SURBs with their record headers fit one payload
+	// beside a session header instead of four, and replies (downloads)
+	// are bounded by how many SURBs the client's send slots can carry.
+	SURBKeySeedSize = 16
 	// SURBSize is first hop ‖ header ‖ key seed.
 	SURBSize = AddressSize + HeaderSize + SURBKeySeedSize
 
