@@ -31,6 +31,9 @@ const (
 	// DefaultLoopRate is λ_L: loops measure the path and make active
 	// attacks on the client's traffic visible; 10/s costs 5% of the rate.
 	DefaultLoopRate = 10
+	// DownRatePerRate sizes DownRate's default from λ_P: four reply
+	// frames per send slot, of the five SURBs a slot can carry.
+	DownRatePerRate = 4
 	// DefaultMeanDelay is the mean per-mix delay: six delays on a round
 	// trip give about 90 ms of mixing, still usable for interactive TCP.
 	DefaultMeanDelay = 15 * time.Millisecond
@@ -69,6 +72,12 @@ type Config struct {
 	// MeanDelay is the mean exponential delay per mix; default
 	// DefaultMeanDelay.
 	MeanDelay time.Duration
+	// DownRate is the steady rate, in frames per second, at which Connect
+	// asks the entry to send to the client, dummies filling the gaps, so
+	// that a download does not show on the client's link; default
+	// DownRatePerRate × Rate + LoopRate, room for the replies the SURBs of
+	// a busy send stream can bring. Negative leaves the entry unpaced.
+	DownRate float64
 	// Exit is the ID of the exit sessions use; empty picks one at random
 	// per session.
 	Exit string
@@ -213,6 +222,9 @@ func New(cfg Config) (*Client, error) {
 	}
 	if cfg.AvoidFor <= 0 {
 		cfg.AvoidFor = DefaultAvoidFor
+	}
+	if cfg.DownRate == 0 {
+		cfg.DownRate = DownRatePerRate*cfg.Rate + cfg.LoopRate
 	}
 	cfg.Session.setDefaults()
 	if cfg.Session.ReorderHold == 0 {

@@ -1,6 +1,7 @@
 package client
 
 import (
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"errors"
@@ -108,6 +109,13 @@ func Connect(ctx context.Context, cfg ConnectConfig) (*Conn, error) {
 		}},
 		Addr: entry.Address,
 		Key:  entry.LinkPublicKey(),
+		OnUp: func(lc *link.Conn) {
+			if down := downRate(cfg.Client); down > 0 {
+				if err := lc.RequestPace(down); err != nil {
+					log.Warn("asking the entry for a steady rate", "err", err)
+				}
+			}
+		},
 	})
 	ccfg := cfg.Client
 	ccfg.Uplink, ccfg.Topology, ccfg.Address, ccfg.Exit = peer, topo, gateway.ClientAddress(key.Public), exit.ID
@@ -178,4 +186,13 @@ func (c *Conn) Close() error {
 	c.cancel()
 	c.wg.Wait()
 	return nil
+}
+
+// downRate is Config.DownRate with the defaults New would fill in.
+func downRate(cfg Config) float64 {
+	if cfg.DownRate != 0 {
+		return cfg.DownRate
+	}
+	rate, loops := cmp.Or(cfg.Rate, DefaultRate), cmp.Or(cfg.LoopRate, DefaultLoopRate)
+	return DownRatePerRate*rate + loops
 }

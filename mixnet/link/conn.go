@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
+	mrand "math/rand/v2"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -46,6 +48,10 @@ type Config struct {
 	IdleTimeout time.Duration
 	// QueueSize bounds frames waiting to be written; default 1024.
 	QueueSize int
+	// MaxPace is the highest rate, in frames per second, at which this
+	// side paces its sends when the peer asks with a FramePace frame;
+	// requests above it get MaxPace. Zero ignores pace requests.
+	MaxPace float64
 	// Handler receives every packet and control frame, in order, from the
 	// connection's reader goroutine. body is valid only during the call.
 	Handler func(c *Conn, t FrameType, body []byte)
@@ -94,6 +100,9 @@ type Conn struct {
 	err       atomic.Pointer[error]
 
 	framesIn, framesOut, dummies, full atomic.Uint64
+
+	pace    atomic.Uint64 // math.Float64bits of the paced rate; 0 unpaced
+	paceSet chan struct{} // wakes the writer when pacing starts
 }
 
 // Dial connects to addr and authenticates it as the holder of peerKey.
@@ -232,13 +241,14 @@ func readHandshake(nc net.Conn) ([]byte, error) {
 
 func start(nc net.Conn, cfg Config, peer [32]byte, send, recv *noise.CipherState) *Conn {
 	c := &Conn{
-		cfg:   cfg,
-		nc:    nc,
-		peer:  peer,
-		send:  send,
-		recv:  recv,
-		queue: make(chan *[PlainSize]byte, cfg.QueueSize),
-		done:  make(chan struct{}),
+		cfg:     cfg,
+		nc:      nc,
+		peer:    peer,
+		send:    send,
+		recv:    recv,
+		queue:   make(chan *[PlainSize]byte, cfg.QueueSize),
+		done:    make(chan struct{}),
+		paceSet: make(chan struct{}, 1),
 	}
 	c.pool.New = func() any { return new([PlainSize]byte) }
 	go c.writeLoop()
@@ -292,6 +302,33 @@ func (c *Conn) enqueue(t FrameType, body []byte) error {
 		c.pool.Put(buf)
 		c.full.Add(1)
 		return ErrQueueFull
+	}
+}
+
+// RequestPace asks the peer to send to this side at a steady Poisson rate
+// of frames per second, with dummies filling the gaps, so that an observer
+// of the link sees the rate and not the traffic. The peer caps the rate at
+// its MaxPace.
+func (c *Conn) RequestPace(rate float64) error {
+	body, err := EncodePace(rate)
+	if err != nil {
+		return err
+	}
+	return c.enqueue(FramePace, body)
+}
+
+// Pace is the rate this side paces its sends at, or 0.
+func (c *Conn) Pace() float64 { return math.Float64frombits(c.pace.Load()) }
+
+func (c *Conn) setPace(body []byte) {
+	rate, err := DecodePace(body)
+	if err != nil || rate <= 0 || c.cfg.MaxPace <= 0 {
+		return
+	}
+	c.pace.Store(math.Float64bits(min(rate, c.cfg.MaxPace)))
+	select {
+	case c.paceSet <- struct{}{}:
+	default:
 	}
 }
 
@@ -361,12 +398,59 @@ func (c *Conn) writeLoop() {
 				return
 			}
 			c.dummies.Add(1)
+		case <-c.paceSet:
+			c.pacedWrites(w, write, dummy[:])
+			return
 		}
 		if err := w.Flush(); err != nil {
 			c.fail(fmt.Errorf("link: write: %w", err))
 			return
 		}
 		keep.Reset(c.cfg.KeepAlive)
+	}
+}
+
+// pacedWrites sends one frame at every tick of a Poisson process at the
+// paced rate, the oldest queued frame or else a dummy, until the link
+// ends. Ticks are kept on a schedule rather than slept one after another,
+// so that time spent writing does not lower the rate; after a stall of
+// more than a second the schedule restarts instead of bursting.
+func (c *Conn) pacedWrites(w *bufio.Writer, write func([]byte) bool, dummy []byte) {
+	rng := mrand.New(mrand.NewPCG(mrand.Uint64(), mrand.Uint64()))
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	next := time.Now()
+	for {
+		rate := c.Pace()
+		next = next.Add(time.Duration(rng.ExpFloat64() / rate * float64(time.Second)))
+		now := time.Now()
+		if d := next.Sub(now); d > 0 {
+			timer.Reset(d)
+			select {
+			case <-timer.C:
+			case <-c.done:
+				return
+			}
+		} else if d < -time.Second {
+			next = now
+		}
+		select {
+		case buf := <-c.queue:
+			ok := write(buf[:])
+			c.pool.Put(buf)
+			if !ok {
+				return
+			}
+		default:
+			if !write(dummy) {
+				return
+			}
+			c.dummies.Add(1)
+		}
+		if err := w.Flush(); err != nil {
+			c.fail(fmt.Errorf("link: write: %w", err))
+			return
+		}
 	}
 }
 
@@ -395,6 +479,10 @@ func (c *Conn) readLoop() {
 			return
 		}
 		c.framesIn.Add(1)
+		if t == FramePace {
+			c.setPace(body)
+			continue
+		}
 		if t != FrameDummy && c.cfg.Handler != nil {
 			c.cfg.Handler(c, t, body)
 		}

@@ -10,6 +10,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 
 	"github.com/mixvpn/mixvpn/mixnet/sphinx"
 )
@@ -26,6 +27,11 @@ const (
 	FrameDummy FrameType = 2
 	// FrameControl carries a short control message: 2-byte length, bytes.
 	FrameControl FrameType = 3
+	// FramePace asks the other side to send at a steady Poisson rate,
+	// a dummy whenever it has nothing queued: 4-byte big-endian
+	// milli-frames per second. A client sends it to its entry so that
+	// what it receives shows the rate it chose, not what it downloads.
+	FramePace FrameType = 4
 )
 
 // Sizes of a frame.
@@ -47,7 +53,11 @@ var (
 	ErrFrameSize   = errors.New("link: frame has the wrong size")
 	ErrFrameType   = errors.New("link: unknown frame type")
 	ErrControlSize = errors.New("link: control message length out of range")
+	ErrPace        = errors.New("link: pace rate out of range")
 )
+
+// PaceSize is the body of a FramePace frame.
+const PaceSize = 4
 
 // EncodeFrame writes a frame's plaintext into dst (PlainSize bytes). For
 // FramePacket body must be BodySize bytes; for FrameControl at most
@@ -65,6 +75,12 @@ func EncodeFrame(dst []byte, t FrameType, body []byte) error {
 		copy(dst[1:], body)
 	case FrameDummy:
 		clear(dst[1:])
+	case FramePace:
+		if len(body) != PaceSize {
+			return fmt.Errorf("%w: pace of %d bytes", ErrFrameSize, len(body))
+		}
+		n := copy(dst[1:], body)
+		clear(dst[1+n:])
 	case FrameControl:
 		if len(body) > MaxControl {
 			return fmt.Errorf("%w: %d bytes", ErrControlSize, len(body))
@@ -90,6 +106,8 @@ func DecodeFrame(plain []byte) (FrameType, []byte, error) {
 		return t, plain[1:], nil
 	case FrameDummy:
 		return t, nil, nil
+	case FramePace:
+		return t, plain[1 : 1+PaceSize], nil
 	case FrameControl:
 		n := int(binary.BigEndian.Uint16(plain[1:]))
 		if n > MaxControl {
@@ -98,4 +116,21 @@ func DecodeFrame(plain []byte) (FrameType, []byte, error) {
 		return t, plain[3 : 3+n], nil
 	}
 	return 0, nil, fmt.Errorf("%w: %d", ErrFrameType, t)
+}
+
+// EncodePace is the body of a FramePace frame asking for rate frames per
+// second.
+func EncodePace(rate float64) ([]byte, error) {
+	if !(rate > 0 && rate*1000 < math.MaxUint32) {
+		return nil, fmt.Errorf("%w: %v frames/s", ErrPace, rate)
+	}
+	return binary.BigEndian.AppendUint32(nil, uint32(rate*1000)), nil
+}
+
+// DecodePace reads a FramePace body as frames per second.
+func DecodePace(body []byte) (float64, error) {
+	if len(body) != PaceSize {
+		return 0, fmt.Errorf("%w: pace of %d bytes", ErrFrameSize, len(body))
+	}
+	return float64(binary.BigEndian.Uint32(body)) / 1000, nil
 }

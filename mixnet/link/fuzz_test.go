@@ -13,6 +13,9 @@ func FuzzDecodeFrame(f *testing.F) {
 	buf := make([]byte, PlainSize)
 	EncodeFrame(buf, FrameControl, []byte("hello"))
 	f.Add(append([]byte(nil), buf...))
+	pace, _ := EncodePace(200)
+	EncodeFrame(buf, FramePace, pace)
+	f.Add(append([]byte(nil), buf...))
 	f.Fuzz(func(t *testing.T, plain []byte) {
 		typ, body, err := DecodeFrame(plain)
 		if err != nil {
