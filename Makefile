@@ -8,7 +8,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
 # Debian packages: the network tools the end-to-end tests and the local
 # network use, and the X11/GL headers Fyne needs for cgo.
-NET_PKGS  := iproute2 nftables tcpdump iperf3 wireguard-tools procps iputils-ping
+NET_PKGS  := iproute2 nftables tcpdump iperf3 wireguard-tools wireguard-go procps iputils-ping
 GUI_PKGS  := gcc pkg-config libgl1-mesa-dev libxcursor-dev libxrandr-dev libxinerama-dev libxi-dev libxxf86vm-dev xvfb
 TOOL_PKGS := protobuf-compiler
 

@@ -21,6 +21,7 @@ import (
 	"github.com/mixvpn/mixvpn/mixnet/gateway"
 	"github.com/mixvpn/mixvpn/mixnet/link"
 	"github.com/mixvpn/mixvpn/mixnet/server"
+	"github.com/mixvpn/mixvpn/platform/entryfilter"
 	"github.com/mixvpn/mixvpn/platform/exitnat"
 	"github.com/mixvpn/mixvpn/platform/wgserver"
 )
@@ -56,6 +57,11 @@ type wireGuardConfig struct {
 	Port    int    `json:"port"`
 	Prefix4 string `json:"prefix4"`
 	Prefix6 string `json:"prefix6"`
+	// ExtraExits (entry only) are exit WireGuard endpoints, ip:port, that
+	// the entry's clients may reach besides the directory's exits: the
+	// operator's own exits, for clients who bring their own exit
+	// configuration. The entry forwards nothing else.
+	ExtraExits []string `json:"extra_exits,omitempty"`
 }
 
 type exitConfig struct {
@@ -128,8 +134,31 @@ func (c *nodeConfig) validate() error {
 	if c.WireGuard != nil && c.Role == "mix" {
 		return errors.New("only gateways run WireGuard")
 	}
+	if c.WireGuard != nil && len(c.WireGuard.ExtraExits) > 0 {
+		if c.Role != "entry" {
+			return errors.New("wireguard.extra_exits is for entries")
+		}
+		if _, err := c.WireGuard.extraExits(); err != nil {
+			return err
+		}
+	}
 	return nil
 }
+
+func (w *wireGuardConfig) extraExits() ([]netip.AddrPort, error) {
+	var out []netip.AddrPort
+	for _, s := range w.ExtraExits {
+		ap, err := netip.ParseAddrPort(s)
+		if err != nil || ap.Port() == 0 {
+			return nil, fmt.Errorf("wireguard.extra_exits: %q is not an ip:port", s)
+		}
+		out = append(out, ap)
+	}
+	return out, nil
+}
+
+// device is the WireGuard interface's name.
+func (w *wireGuardConfig) device() string { return cmpOr(w.Device, "mvwg0") }
 
 func (c *nodeConfig) epochs() directory.Epochs {
 	return directory.Epochs{Genesis: c.EpochGenesis, Length: time.Duration(c.EpochLength)}
@@ -184,6 +213,24 @@ func runNode(ctx context.Context, c *nodeConfig, log *slog.Logger) error {
 		DirectoryURL: c.DirectoryURL, DirectoryKey: key, Epochs: c.epochs(),
 		PublishInterval: time.Duration(c.PublishInterval), RefreshInterval: time.Duration(c.RefreshInterval),
 		MetricsListen: c.Metrics, Logger: log,
+	}
+	if c.Role == "entry" && c.WireGuard != nil {
+		// The filter goes in before the WireGuard server starts: until
+		// the first document, clients reach only the operator's exits.
+		extra, err := c.WireGuard.extraExits()
+		if err != nil {
+			return err
+		}
+		filter, err := entryfilter.Install(entryfilter.Config{Interface: c.WireGuard.device(), Static: extra, Logger: log})
+		if err != nil {
+			return err
+		}
+		defer filter.Close()
+		cfg.OnDocument = func(doc *directory.Document) {
+			if err := filter.SetExits(exitEndpoints(doc)); err != nil {
+				log.Error("entry forward filter not updated; it keeps the previous exits", "err", err)
+			}
+		}
 	}
 	var wgPools []netip.Prefix
 	if c.WireGuard != nil {
@@ -283,11 +330,8 @@ func startWireGuard(c *nodeConfig, cfg *server.Config, log *slog.Logger) (stop f
 	if err != nil {
 		return nil, nil, err
 	}
-	if w.Device == "" {
-		w.Device = "mvwg0"
-	}
 	first := func(p netip.Prefix) netip.Prefix { return netip.PrefixFrom(p.Masked().Addr().Next(), p.Bits()) }
-	srv, err := wgserver.Start(wgserver.Config{Name: w.Device, PrivateKey: key.Private, ListenPort: w.Port,
+	srv, err := wgserver.Start(wgserver.Config{Name: w.device(), PrivateKey: key.Private, ListenPort: w.Port,
 		Addrs: []netip.Prefix{first(p4), first(p6)}, Logger: log})
 	if err != nil {
 		return nil, nil, err
@@ -303,8 +347,11 @@ func startWireGuard(c *nodeConfig, cfg *server.Config, log *slog.Logger) (stop f
 		return nil, nil, fmt.Errorf("wireguard endpoint needs an IP address, not %q", host)
 	}
 	endpoint := netip.AddrPortFrom(ip, uint16(w.Port))
+	// Registrations outlive the process, so that a restart (an upgrade,
+	// a crash) does not strand the clients: their next handshake works.
 	reg, err := gateway.NewRegistry(gateway.RegistryConfig{Peers: srv, Prefix4: p4, Prefix6: p6,
-		ServerKey: key.Public, Endpoint: endpoint, Logger: log})
+		ServerKey: key.Public, Endpoint: endpoint, Logger: log,
+		Store: gateway.FileStore{Path: filepath.Join(c.DataDir, "registrations.json")}})
 	if err != nil {
 		srv.Close()
 		return nil, nil, err
@@ -312,6 +359,20 @@ func startWireGuard(c *nodeConfig, cfg *server.Config, log *slog.Logger) (stop f
 	cfg.Registry = reg
 	cfg.WireGuard = &directory.WireGuard{PublicKey: key.Public[:], Endpoint: endpoint.String()}
 	return func() { srv.Close() }, []netip.Prefix{p4.Masked(), p6.Masked()}, nil
+}
+
+// exitEndpoints lists the WireGuard endpoints of the exits in doc.
+func exitEndpoints(doc *directory.Document) []netip.AddrPort {
+	var out []netip.AddrPort
+	for _, n := range doc.NodesOf(directory.RoleExit, 0) {
+		if n.WireGuard == nil {
+			continue
+		}
+		if ap, err := netip.ParseAddrPort(n.WireGuard.Endpoint); err == nil {
+			out = append(out, ap)
+		}
+	}
+	return out
 }
 
 func cmpOr(a, b string) string {

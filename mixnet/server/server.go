@@ -66,8 +66,13 @@ type Config struct {
 	WireGuard *directory.WireGuard
 	Registry  *gateway.Registry
 	// Ready, if set, is called once the node listens and has published.
-	Ready  func()
-	Logger *slog.Logger
+	Ready func()
+	// OnDocument, if set, is called with every new verified directory
+	// document the node fetches, after the node routes by it; an entry's
+	// forward filter follows the exits with it. It runs on the directory
+	// follower, so it must return quickly.
+	OnDocument func(*directory.Document)
+	Logger     *slog.Logger
 }
 
 // Node is a running node's handle, for tests and the local network.
@@ -270,7 +275,7 @@ func Build(cfg Config) (*Node, func(context.Context) error, error) {
 		}
 		goRun("links", func(ctx context.Context) error {
 			return link.Serve(ctx, ln, link.ListenerConfig{
-				Config:    link.Config{Static: linkKey, Logger: log, Handler: n.onFrame},
+				Config:    link.Config{Static: linkKey, Logger: log, Handler: n.onFrame, MaxPace: maxPace(cfg.Role)},
 				Authorize: n.authorize(cfg.Role),
 				OnConn:    n.onConn,
 			})
@@ -300,7 +305,7 @@ func Build(cfg Config) (*Node, func(context.Context) error, error) {
 		}
 		goRun("publisher", publisher.Run)
 		goRun("directory", func(ctx context.Context) error {
-			return follow(ctx, fetcher, m, keys, cfg.RefreshInterval, refresh, log)
+			return follow(ctx, fetcher, m, keys, cfg.RefreshInterval, refresh, cfg.OnDocument, log)
 		})
 		log.Info("node running", "role", cfg.Role, "layer", cfg.Layer, "listen", cfg.Listen)
 		if cfg.Ready != nil {
@@ -321,8 +326,11 @@ func Build(cfg Config) (*Node, func(context.Context) error, error) {
 // follow fetches the document and refreshes keys until ctx ends; it
 // retries quickly until the first document arrives, and fetches early when
 // kicked (a packet named a node we do not know yet), at most once a second.
-func follow(ctx context.Context, f *directory.Fetcher, m *mesh.Mesh, keys *keyCache, every time.Duration, kick <-chan struct{}, log *slog.Logger) error {
+// onDoc, if not nil, sees each new document; the fetcher's fallback to its
+// last good one is not new.
+func follow(ctx context.Context, f *directory.Fetcher, m *mesh.Mesh, keys *keyCache, every time.Duration, kick <-chan struct{}, onDoc func(*directory.Document), log *slog.Logger) error {
 	last := time.Time{}
+	var lastDoc *directory.Document
 	for {
 		wait := every
 		if doc, err := f.Fetch(ctx); err != nil {
@@ -330,6 +338,10 @@ func follow(ctx context.Context, f *directory.Fetcher, m *mesh.Mesh, keys *keyCa
 			wait = min(every, 500*time.Millisecond)
 		} else {
 			m.SetDocument(doc)
+			if onDoc != nil && doc != lastDoc {
+				onDoc(doc)
+			}
+			lastDoc = doc
 		}
 		if err := keys.refresh(); err != nil {
 			log.Error("key refresh failed", "err", err)
@@ -382,6 +394,20 @@ func (n *Node) onFrame(c *link.Conn, t link.FrameType, body []byte) {
 			c.SendControl(n.registry.Handle(body))
 		}
 	}
+}
+
+// MaxClientPace is the fastest steady rate, in frames per second, an entry
+// sends to one client at when the client asks: about 39 Mbit/s of frames,
+// so that no client can make its entry send much more than it could use.
+const MaxClientPace = 2000
+
+// maxPace is the link's MaxPace for a role: only entries pace, for their
+// clients.
+func maxPace(role directory.Role) float64 {
+	if role == directory.RoleEntry {
+		return MaxClientPace
+	}
+	return 0
 }
 
 // onConn registers a client's link at an entry, so that deliveries for
