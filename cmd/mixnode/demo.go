@@ -62,29 +62,6 @@ func (cd *clientDaemon) run(ctx context.Context, args ...string) (string, error)
 	return string(out), nil
 }
 
-// waitMode waits until the daemon is connected in mode.
-func (cd *clientDaemon) waitMode(ctx context.Context, mode string) error {
-	wctx, cancel := context.WithTimeout(ctx, 45*time.Second)
-	defer cancel()
-	return waitFor(wctx, "mixvpnd connected in "+mode+" mode", func() error {
-		out, err := cd.run(ctx, "status", "--json")
-		if err != nil {
-			return err
-		}
-		var st struct{ State, Mode, Error string }
-		if err := json.Unmarshal([]byte(out), &st); err != nil {
-			return err
-		}
-		if st.State == "error" {
-			return fmt.Errorf("daemon error: %s", st.Error)
-		}
-		if st.State != "connected" || st.Mode != mode {
-			return fmt.Errorf("state %s in %s mode", st.State, st.Mode)
-		}
-		return nil
-	})
-}
-
 // fetch downloads url in the client namespace through whatever the daemon
 // routes it through.
 func (cd *clientDaemon) fetch(ctx context.Context, url string, extra ...string) (string, error) {
@@ -97,7 +74,8 @@ func (cd *clientDaemon) fetch(ctx context.Context, url string, extra ...string) 
 }
 
 // runClientDemo is `make demo`: Fast mode, a page, Anonymous mode, the
-// page again, the numbers, and a clean disconnect.
+// page again, the state and the tunnel's stats after each fetch, and a
+// clean disconnect. connect and mode return once the tunnel is up.
 func runClientDemo(ctx context.Context, cd *clientDaemon) error {
 	say := func(format string, a ...any) { fmt.Printf("\n== "+format+"\n", a...) }
 	show := func(args ...string) error {
@@ -114,9 +92,6 @@ func runClientDemo(ctx context.Context, cd *clientDaemon) error {
 	if err := show("connect", "--mode", "fast"); err != nil {
 		return err
 	}
-	if err := cd.waitMode(ctx, "fast"); err != nil {
-		return err
-	}
 	if err := show("status"); err != nil {
 		return err
 	}
@@ -126,11 +101,12 @@ func runClientDemo(ctx context.Context, cd *clientDaemon) error {
 	if err != nil {
 		return err
 	}
-	say("mixvpn mode anonymous (live switch)")
-	if err := show("mode", "anonymous"); err != nil {
+	say("mixvpn stats (Fast mode)")
+	if err := show("stats"); err != nil {
 		return err
 	}
-	if err := cd.waitMode(ctx, "anonymous"); err != nil {
+	say("mixvpn mode anonymous (live switch)")
+	if err := show("mode", "anonymous"); err != nil {
 		return err
 	}
 	if err := show("status"); err != nil {
@@ -142,7 +118,11 @@ func runClientDemo(ctx context.Context, cd *clientDaemon) error {
 	if err != nil {
 		return err
 	}
-	say("mixvpn status --json (with the tunnel's stats in the daemon log)")
+	say("mixvpn stats (Anonymous mode: loops, cover traffic, reply blocks)")
+	if err := show("stats"); err != nil {
+		return err
+	}
+	say("mixvpn status --json")
 	if err := show("status", "--json"); err != nil {
 		return err
 	}
@@ -154,11 +134,11 @@ func runClientDemo(ctx context.Context, cd *clientDaemon) error {
 // goodput in Fast mode, goodput and round trip in Anonymous mode, and the
 // model's round trip for the same settings, as key=value lines.
 func runClientBench(ctx context.Context, cd *clientDaemon, inet netip.Addr) error {
-	start := time.Now()
-	if _, err := cd.run(ctx, "connect", "--mode", "fast"); err != nil {
+	if err := benchWG1Hop(ctx, cd, inet); err != nil {
 		return err
 	}
-	if err := cd.waitMode(ctx, "fast"); err != nil {
+	start := time.Now()
+	if _, err := cd.run(ctx, "connect", "--mode", "fast"); err != nil {
 		return err
 	}
 	fmt.Printf("fast_connect_ms=%d\n", time.Since(start).Milliseconds())
@@ -168,9 +148,6 @@ func runClientBench(ctx context.Context, cd *clientDaemon, inet netip.Addr) erro
 		return err
 	}
 	if _, err := cd.run(ctx, "mode", "anonymous"); err != nil {
-		return err
-	}
-	if err := cd.waitMode(ctx, "anonymous"); err != nil {
 		return err
 	}
 	out, err = cd.fetch(ctx, "http://internet.mixvpn.test/blob/2097152", "--kv", "anon")

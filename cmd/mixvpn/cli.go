@@ -6,6 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -24,12 +28,37 @@ const socketEnv = "MIXVPN_SOCKET"
 // has its own, longer timeout.
 const callTimeout = 15 * time.Second
 
-// Hints shown when the daemon cannot be reached; they say what to do, since
-// "connection refused" does not.
-const (
-	notRunningHint = "mixvpnd is not running: start it with `sudo systemctl start mixvpnd`"
-	permissionHint = "you are not allowed to talk to mixvpnd: ask an administrator to add you to the mixvpn group (sudo usermod -aG mixvpn $USER) and log in again"
-)
+// notRunningHint is shown when the daemon cannot be reached; it says what
+// to do, since "connection refused" does not.
+const notRunningHint = "mixvpnd is not running: start it with `sudo systemctl start mixvpnd`"
+
+// permissionHint is shown when the socket refuses the user; it names the
+// group that would let them in, as the daemon's own refusal does.
+func permissionHint(group string) string {
+	return fmt.Sprintf("you are not allowed to talk to mixvpnd: ask an administrator to add you to the %s group (sudo usermod -aG %s $USER) and log in again", group, group)
+}
+
+// socketGroup is the group that may open the socket: the socket's, or its
+// directory's when the user may not even look inside. A socket left to
+// root's group means the daemon's group did not exist when it started;
+// the default group is the one to create and join then.
+func socketGroup(socket string) string {
+	for _, p := range []string{socket, filepath.Dir(socket)} {
+		fi, err := os.Stat(p)
+		if err != nil {
+			continue
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if !ok || st.Gid == 0 {
+			break
+		}
+		if g, err := user.LookupGroupId(strconv.FormatUint(uint64(st.Gid), 10)); err == nil {
+			return g.Name
+		}
+		break
+	}
+	return control.DefaultGroup
+}
 
 // cliConfig is the outside world of one run.
 type cliConfig struct {
@@ -66,9 +95,11 @@ func rootCommand(cfg cliConfig) *cobra.Command {
 		c.disconnectCommand(),
 		c.statusCommand(),
 		c.modeCommand(),
+		c.statsCommand(),
 		c.gatewaysCommand(),
 		c.settingsCommand(),
 		c.versionCommand(),
+		proxyCommand(cfg),
 	)
 	return root
 }
@@ -106,7 +137,7 @@ func dialError(socket string, err error) error {
 	case errors.Is(err, syscall.ENOENT), errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ENOTDIR):
 		return &hintError{hint: fmt.Sprintf("%s (nothing is listening on %s)", notRunningHint, socket), err: err}
 	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
-		return &hintError{hint: permissionHint, err: err}
+		return &hintError{hint: permissionHint(socketGroup(socket)), err: err}
 	}
 	return fmt.Errorf("connecting to mixvpnd on %s: %w", socket, err)
 }
@@ -148,10 +179,12 @@ func (c *cli) call(ctx context.Context, f func(context.Context, pb.ControlClient
 	return c.explain(f(ctx, client))
 }
 
-// waitState runs act and then waits for the daemon to reach one of want or
-// StateError. Watching starts before act so that no change is missed; the
-// first event is the status before act and is skipped.
-func (c *cli) waitState(ctx context.Context, timeout time.Duration, act func(context.Context, pb.ControlClient) error, want ...control.State) (control.Status, error) {
+// waitState runs act and then waits until the daemon gets where act took
+// it: until done, which act returns given the status before it ran, says
+// so, or the daemon reports StateError. A nil done means there is nothing
+// to wait for. Watching starts before act so that no change is missed;
+// its first event is the status before act.
+func (c *cli) waitState(ctx context.Context, timeout time.Duration, act func(ctx context.Context, client pb.ControlClient, before control.Status) (done func(control.Status) bool, err error)) (control.Status, error) {
 	client, closeFn, err := c.client(ctx)
 	if err != nil {
 		return control.Status{}, err
@@ -163,10 +196,12 @@ func (c *cli) waitState(ctx context.Context, timeout time.Duration, act func(con
 	if err != nil {
 		return control.Status{}, c.explain(err)
 	}
-	if _, err := events.Recv(); err != nil {
+	first, err := events.Recv()
+	if err != nil {
 		return control.Status{}, c.explain(err)
 	}
-	if err := act(ctx, client); err != nil {
+	done, err := act(ctx, client, control.StatusFromProto(first.GetStatus()))
+	if err != nil {
 		return control.Status{}, c.explain(err)
 	}
 	// A daemon that had nothing to do sends no event: ask.
@@ -176,21 +211,32 @@ func (c *cli) waitState(ctx context.Context, timeout time.Duration, act func(con
 	}
 	for {
 		s := control.StatusFromProto(st)
+		// With nothing to wait for, an error from before is not news.
+		if done == nil {
+			return s, nil
+		}
 		if s.State == control.StateError {
 			return s, fmt.Errorf("mixvpnd: %s", s.Error)
 		}
-		for _, w := range want {
-			if s.State == w {
-				return s, nil
-			}
+		if done(s) {
+			return s, nil
 		}
 		ev, err := events.Recv()
 		if status.Code(err) == codes.DeadlineExceeded || errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return s, fmt.Errorf("still %s after %v: see `mixvpn status --watch`", s.State, timeout)
+			still := s.State.String()
+			if s.State == control.StateReconnecting && s.Error != "" {
+				still += " (" + s.Error + ")"
+			}
+			return s, fmt.Errorf("still %s after %v: see `mixvpn status --watch`", still, timeout)
 		}
 		if err != nil {
 			return s, c.explain(err)
 		}
 		st = ev.GetStatus()
 	}
+}
+
+// inState is a done for waitState: the daemon is in state want.
+func inState(want control.State) func(control.Status) bool {
+	return func(s control.Status) bool { return s.State == want }
 }

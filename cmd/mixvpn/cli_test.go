@@ -176,7 +176,8 @@ func TestConnectReportsDaemonError(t *testing.T) {
 
 func TestMode(t *testing.T) {
 	path, fake := startDaemon(t, daemonOptions{})
-	if out := mixvpn(t, path, "mode", "anonymous").ok(t); out != "Mode set to anonymous\n" {
+	// Disconnected, the mode is kept for the next connect.
+	if out := mixvpn(t, path, "mode", "anonymous").ok(t); out != "Mode set to anonymous for the next connect\n" {
 		t.Fatalf("mode said %q", out)
 	}
 	if m := fake.Settings().Mode; m != control.ModeAnonymous {
@@ -184,6 +185,146 @@ func TestMode(t *testing.T) {
 	}
 	mixvpn(t, path, "mode", "slow").fails(t, `unknown mode "slow"`)
 	mixvpn(t, path, "mode").fails(t, "accepts 1 arg")
+
+	// Connected, it waits for the tunnel in the new mode.
+	mixvpn(t, path, "connect").ok(t)
+	if out := mixvpn(t, path, "mode", "fast").ok(t); out != "Switched to fast mode: entry de-entry-1, exit ch-exit-1\n" {
+		t.Fatalf("mode said %q", out)
+	}
+	if st := fake.Status(); st.State != control.StateConnected || st.Mode != control.ModeFast {
+		t.Fatalf("daemon status %+v", st)
+	}
+	if out := mixvpn(t, path, "mode", "fast").ok(t); out != "Already connected in fast mode: entry de-entry-1, exit ch-exit-1\n" {
+		t.Fatalf("mode again said %q", out)
+	}
+}
+
+// slowDaemon never finishes switching modes; failSwitch fails to.
+type slowDaemon struct{ *control.Fake }
+
+func (d slowDaemon) SetMode(context.Context, control.Mode) error {
+	d.Reconnecting("entry de-entry-1 did not answer")
+	return nil
+}
+
+type failSwitch struct{ *control.Fake }
+
+func (d failSwitch) SetMode(ctx context.Context, mode control.Mode) error {
+	d.Fake.SetMode(ctx, mode)
+	d.Fail("exit ch-exit-1 refused the session")
+	return nil
+}
+
+func TestModeWaitFails(t *testing.T) {
+	path, fake := startDaemon(t, daemonOptions{daemon: func(f *control.Fake) control.Daemon { return slowDaemon{f} }})
+	if err := fake.Connect(context.Background(), control.ModeFast, "", ""); err != nil {
+		t.Fatal(err)
+	}
+	mixvpn(t, path, "mode", "anonymous", "--timeout", "300ms").fails(t,
+		"mixvpn: still reconnecting (entry de-entry-1 did not answer) after 300ms: see `mixvpn status --watch`")
+
+	path, fake = startDaemon(t, daemonOptions{daemon: func(f *control.Fake) control.Daemon { return failSwitch{f} }})
+	if err := fake.Connect(context.Background(), control.ModeFast, "", ""); err != nil {
+		t.Fatal(err)
+	}
+	mixvpn(t, path, "mode", "anonymous").fails(t, "mixvpn: mixvpnd: exit ch-exit-1 refused the session")
+	// After the failure the daemon is in error, not connected: the mode
+	// is kept for the next connect, and the old error is not news.
+	if out := mixvpn(t, path, "mode", "fast").ok(t); out != "Mode set to fast for the next connect\n" {
+		t.Fatalf("mode after an error said %q", out)
+	}
+}
+
+func TestStatusReconnecting(t *testing.T) {
+	path, fake := startDaemon(t, daemonOptions{})
+	if err := fake.Connect(context.Background(), control.ModeFast, "", ""); err != nil {
+		t.Fatal(err)
+	}
+	fake.Reconnecting("network changed: eth0 went down")
+	out := mixvpn(t, path, "status").ok(t)
+	for _, want := range []string{"State: reconnecting for ", "Why:   network changed: eth0 went down", "Mode:  fast"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("status does not say %q:\n%s", want, out)
+		}
+	}
+	if got := statusLine(fake.Status()); got != "reconnecting (fast): network changed: eth0 went down" {
+		t.Fatalf("watch line %q", got)
+	}
+}
+
+func TestStats(t *testing.T) {
+	path, fake := startDaemon(t, daemonOptions{})
+	out := mixvpn(t, path, "stats", "--interval", "100ms").ok(t)
+	if out != "Not connected: there is no tunnel to count.\n" {
+		t.Fatalf("stats while disconnected:\n%s", out)
+	}
+
+	fake.SetStats(control.Stats{
+		Mode: control.ModeAnonymous, BytesIn: 3 << 20, BytesOut: 1536, Latency: 112 * time.Millisecond,
+		LoopRTTP50: 100 * time.Millisecond, LoopRTTP90: 180 * time.Millisecond,
+		RealPackets: 250, CoverPackets: 750, LoopsSent: 300, LoopsReturned: 298, LoopsLost: 2,
+		SURBsMade: 500, SURBsUsed: 420, SURBStock: 80,
+	})
+	out = mixvpn(t, path, "stats", "--interval", "100ms").ok(t)
+	for _, want := range []string{
+		"Mode:       anonymous", "Received:   3.0 MiB (0 B/s)", "Sent:       1.5 KiB (0 B/s)",
+		"Round trip: 112ms mean, 100ms median, 180ms p90",
+		"Packets:    250 real, 750 cover (75% cover)", "Loops:      300 sent, 298 returned, 2 lost",
+		"SURBs:      500 sent, 420 used, about 80 in stock at the exit",
+	} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("stats do not say %q:\n%s", want, out)
+		}
+	}
+
+	var v statsJSON
+	if err := json.Unmarshal([]byte(mixvpn(t, path, "stats", "--json", "--interval", "100ms").ok(t)), &v); err != nil {
+		t.Fatalf("stats --json: %v", err)
+	}
+	if v.Mode != "anonymous" || v.BytesIn != 3<<20 || v.BytesInPerS == nil || *v.BytesInPerS != 0 || v.LatencyMs == nil || *v.LatencyMs != 112 ||
+		v.SURBsInStock != 80 || v.LoopsLost != 2 || v.CoverPackets != 750 || v.LoopRTTP90Ms == nil || *v.LoopRTTP90Ms != 180 {
+		t.Fatalf("stats --json: %+v", v)
+	}
+
+	hs := time.Now().Add(-42 * time.Second)
+	fake.SetStats(control.Stats{Mode: control.ModeFast, BytesIn: 2048, LastHandshake: hs})
+	out = mixvpn(t, path, "stats", "--interval", "100ms").ok(t)
+	if !strings.Contains(out, "Mode:      fast") || !strings.Contains(out, "Handshake: 4") || strings.Contains(out, "SURBs") {
+		t.Fatalf("fast stats:\n%s", out)
+	}
+	mixvpn(t, path, "stats", "--interval", "1ms").fails(t, "interval_ms 1 is out of range")
+}
+
+func TestStatsWatch(t *testing.T) {
+	path, fake := startDaemon(t, daemonOptions{})
+	fake.SetStats(control.Stats{Mode: control.ModeAnonymous, BytesIn: 1000, Latency: 90 * time.Millisecond, RealPackets: 1, CoverPackets: 3, SURBStock: 7})
+	for _, asJSON := range []bool{false, true} {
+		ctx, cancel := context.WithCancel(context.Background())
+		out := &lineWriter{more: make(chan struct{}, 1)}
+		args := []string{"--socket", path, "stats", "--watch", "--interval", "100ms"}
+		if asJSON {
+			args = append(args, "--json")
+		}
+		done := make(chan int, 1)
+		var errOut bytes.Buffer
+		go func() { done <- run(ctx, args, out, &errOut, func(string) string { return "" }) }()
+		if asJSON {
+			out.waitFor(t, `"mode":"anonymous","bytes_in":1000,"bytes_out":0,"latency_ms":90`)
+			out.waitFor(t, `"bytes_in_per_s":0`)
+		} else {
+			out.waitFor(t, "anonymous  in -  out -  rtt 90ms  cover 75%  loops lost 0  surbs ~7")
+			out.waitFor(t, "anonymous  in 0 B/s  out 0 B/s")
+		}
+		cancel()
+		select {
+		case code := <-done:
+			if code != 0 {
+				t.Fatalf("stats --watch exited %d: %s", code, errOut.String())
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("stats --watch did not stop when cancelled")
+		}
+	}
 }
 
 func TestGateways(t *testing.T) {

@@ -36,10 +36,10 @@ func (c *cli) connectCommand() *cobra.Command {
 				}
 				req.Mode = control.ModeToProto(m)
 			}
-			st, err := c.waitState(cmd.Context(), timeout, func(ctx context.Context, client pb.ControlClient) error {
+			st, err := c.waitState(cmd.Context(), timeout, func(ctx context.Context, client pb.ControlClient, _ control.Status) (func(control.Status) bool, error) {
 				_, err := client.Connect(ctx, req)
-				return err
-			}, control.StateConnected)
+				return inState(control.StateConnected), err
+			})
 			if err != nil {
 				return err
 			}
@@ -61,10 +61,10 @@ func (c *cli) disconnectCommand() *cobra.Command {
 		Short: "Disconnect, and wait until the tunnel is down",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			_, err := c.waitState(cmd.Context(), timeout, func(ctx context.Context, client pb.ControlClient) error {
+			_, err := c.waitState(cmd.Context(), timeout, func(ctx context.Context, client pb.ControlClient, _ control.Status) (func(control.Status) bool, error) {
 				_, err := client.Disconnect(ctx, &pb.DisconnectRequest{})
-				return err
-			}, control.StateDisconnected)
+				return inState(control.StateDisconnected), err
+			})
 			if err != nil {
 				return err
 			}
@@ -141,9 +141,13 @@ func (c *cli) watchStatus(ctx context.Context, asJSON bool) error {
 }
 
 func (c *cli) modeCommand() *cobra.Command {
-	return &cobra.Command{
-		Use:       "mode fast|anonymous",
-		Short:     "Switch mode; a connected tunnel reconnects in the new mode",
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "mode fast|anonymous",
+		Short: "Switch mode; a connected tunnel reconnects in the new mode, and this waits until it is up",
+		Long: "Switch mode. A connected tunnel reconnects in the new mode, and mixvpn waits\n" +
+			"until it is up (or --timeout passes). Disconnected, the mode is kept for the\n" +
+			"next connect. Either way it becomes the default mode in the settings.",
 		Args:      cobra.ExactArgs(1),
 		ValidArgs: []string{"fast", "anonymous"},
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -151,17 +155,36 @@ func (c *cli) modeCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			err = c.call(cmd.Context(), func(ctx context.Context, client pb.ControlClient) error {
-				_, err := client.SetMode(ctx, &pb.SetModeRequest{Mode: control.ModeToProto(m)})
-				return err
+			switched, already := false, false
+			st, err := c.waitState(cmd.Context(), timeout, func(ctx context.Context, client pb.ControlClient, before control.Status) (func(control.Status) bool, error) {
+				if _, err := client.SetMode(ctx, &pb.SetModeRequest{Mode: control.ModeToProto(m)}); err != nil {
+					return nil, err
+				}
+				already = before.State == control.StateConnected && before.Mode == m
+				switch before.State {
+				case control.StateConnected, control.StateConnecting, control.StateReconnecting:
+					switched = true
+					return func(s control.Status) bool { return s.State == control.StateConnected && s.Mode == m }, nil
+				}
+				return nil, nil
 			})
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(c.out, "Mode set to %s\n", m)
+			switch {
+			case already:
+				fmt.Fprintf(c.out, "Already connected in %s mode: entry %s, exit %s\n", st.Mode, st.Entry, st.Exit)
+				return nil
+			case switched:
+				fmt.Fprintf(c.out, "Switched to %s mode: entry %s, exit %s\n", st.Mode, st.Entry, st.Exit)
+				return nil
+			}
+			fmt.Fprintf(c.out, "Mode set to %s for the next connect\n", m)
 			return nil
 		},
 	}
+	cmd.Flags().DurationVar(&timeout, "timeout", time.Minute, "how long to wait for the tunnel in the new mode")
+	return cmd
 }
 
 func (c *cli) gatewaysCommand() *cobra.Command {
@@ -244,6 +267,8 @@ func statusLine(s control.Status) string {
 		fmt.Fprintf(&b, " (%s): entry %s, exit %s", s.Mode, s.Entry, s.Exit)
 	case control.StateError:
 		fmt.Fprintf(&b, ": %s", s.Error)
+	case control.StateReconnecting:
+		fmt.Fprintf(&b, " (%s): %s", s.Mode, s.Error)
 	default:
 		fmt.Fprintf(&b, " (%s)", s.Mode)
 	}
@@ -257,8 +282,11 @@ func writeStatus(w io.Writer, s control.Status, now time.Time) {
 		state += fmt.Sprintf(" for %s", now.Sub(s.Since).Round(time.Second))
 	}
 	fmt.Fprintf(tw, "State:\t%s\n", state)
-	if s.State == control.StateError {
+	switch {
+	case s.State == control.StateError:
 		fmt.Fprintf(tw, "Error:\t%s\n", s.Error)
+	case s.State == control.StateReconnecting && s.Error != "":
+		fmt.Fprintf(tw, "Why:\t%s\n", s.Error)
 	}
 	fmt.Fprintf(tw, "Mode:\t%s\n", s.Mode)
 	if s.Entry != "" || s.Exit != "" {

@@ -3,13 +3,15 @@ package main
 import (
 	"context"
 	"fmt"
-	"github.com/mixvpn/mixvpn/tunnel/control/controltest"
 	"os"
 	"os/exec"
 	"os/user"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/mixvpn/mixvpn/tunnel/control"
+	"github.com/mixvpn/mixvpn/tunnel/control/controltest"
 )
 
 // helperEnv makes the test binary run `mixvpn status` against the socket in
@@ -27,7 +29,9 @@ func TestHelperCLI(t *testing.T) {
 // TestNotInGroup runs the CLI as nobody against a daemon whose group nobody
 // is not in. With a world-writable socket the daemon's SO_PEERCRED check
 // refuses it; with the default mode the socket's permissions already do.
-// Both must tell the user how to get access.
+// Both must tell the user how to get access: the group to join is the
+// socket's, or the default group when the socket was left to root's
+// because the daemon's group did not exist.
 func TestNotInGroup(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to run the CLI as another user")
@@ -40,16 +44,25 @@ func TestNotInGroup(t *testing.T) {
 	if err != nil {
 		t.Fatalf("group 0: %v", err)
 	}
-	for _, c := range []struct {
-		name string
-		mode os.FileMode
-		want string
+	cases := []struct {
+		name, group string
+		mode        os.FileMode
+		want        string
 	}{
-		{"refused by the daemon", 0o666, "you are not allowed to talk to mixvpnd: ask an administrator to add you to the " + root.Name + " group (sudo usermod -aG " + root.Name + " $USER) and log in again"},
-		{"refused by the socket mode", 0o660, permissionHint},
-	} {
+		{"refused by the daemon", root.Name, 0o666, "you are not allowed to talk to mixvpnd: ask an administrator to add you to the " + root.Name + " group (sudo usermod -aG " + root.Name + " $USER) and log in again"},
+		{"refused by the socket mode", root.Name, 0o660, permissionHint(control.DefaultGroup)},
+	}
+	// users is in Debian's base system; nobody is not a member.
+	if _, err := user.LookupGroup("users"); err == nil {
+		cases = append(cases, struct {
+			name, group string
+			mode        os.FileMode
+			want        string
+		}{"refused by the socket's group", "users", 0o660, permissionHint("users")})
+	}
+	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			path, _ := startDaemon(t, daemonOptions{group: root.Name, mode: c.mode})
+			path, _ := startDaemon(t, daemonOptions{group: c.group, mode: c.mode})
 			dir := filepath.Dir(path)
 			for _, d := range []string{filepath.Dir(dir), dir} {
 				if err := os.Chmod(d, 0o755); err != nil {

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -27,8 +28,18 @@ import (
 type options struct {
 	tun, directory, directoryKey, socket, group string
 	settings, systemSettings, resolvConf        string
+	state, lockdownRuleset                      string
 	debug                                       bool
 }
+
+// Defaults of the daemon's files: its state lives in one directory
+// (systemd's StateDirectory), and the state file and the boot ruleset sit
+// beside the settings unless placed elsewhere.
+const (
+	defaultSettings     = "/var/lib/mixvpn/settings.json"
+	stateFileName       = "state.json"
+	lockdownRulesetName = "lockdown.nft"
+)
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -56,7 +67,9 @@ func command() *cobra.Command {
 	f.StringVar(&o.directoryKey, "directory-key", os.Getenv("MIXVPN_DIRECTORY_KEY"), "the directory's base64 ed25519 key, pinned (env MIXVPN_DIRECTORY_KEY)")
 	f.StringVar(&o.socket, "socket", control.DefaultSocketPath, "control socket")
 	f.StringVar(&o.group, "group", control.DefaultGroup, "group allowed to use the control socket")
-	f.StringVar(&o.settings, "settings", "/var/lib/mixvpn/settings.json", "the daemon's settings file")
+	f.StringVar(&o.settings, "settings", defaultSettings, "the daemon's settings file")
+	f.StringVar(&o.state, "state", "", "where the daemon remembers whether it was connected, to come back so after a crash or restart (default "+stateFileName+" beside --settings)")
+	f.StringVar(&o.lockdownRuleset, "lockdown-ruleset", "", "nft script written while lockdown is on, for mixvpn-lockdown.service to load at boot (default "+lockdownRulesetName+" beside --settings)")
 	f.StringVar(&o.systemSettings, "system-settings", "/etc/mixvpn/settings.json", "settings preset by the administrator")
 	f.StringVar(&o.resolvConf, "resolv-conf", "", "resolv.conf to manage when systemd-resolved is not running (default /etc/resolv.conf)")
 	f.BoolVar(&o.debug, "debug", false, "debug logging")
@@ -71,6 +84,12 @@ func run(ctx context.Context, o options) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	if os.Geteuid() != 0 {
 		return errors.New("must run as root (it manages a TUN device, routes and the firewall)")
+	}
+	if o.state == "" {
+		o.state = filepath.Join(filepath.Dir(o.settings), stateFileName)
+	}
+	if o.lockdownRuleset == "" {
+		o.lockdownRuleset = filepath.Join(filepath.Dir(o.settings), lockdownRulesetName)
 	}
 	key, err := base64.StdEncoding.DecodeString(o.directoryKey)
 	if err != nil || len(key) != 32 {
@@ -95,10 +114,16 @@ func run(ctx context.Context, o options) error {
 		dev.Close()
 		return err
 	}
+	mon, err := router.NewMonitor(router.MonitorOptions{Ignore: []string{o.tun}, Logger: log})
+	if err != nil {
+		dev.Close()
+		return err
+	}
 	d, err := daemon.New(daemon.Config{
 		Device: dev, DirectoryURL: o.directory, DirectoryKey: key,
 		Settings: o.settings, SystemSettings: o.systemSettings,
-		Router: rt, DNS: dc, Firewall: fw, Logger: log,
+		State: o.state, LockdownRuleset: o.lockdownRuleset,
+		Router: rt, DNS: dc, Firewall: fw, Monitor: mon, Logger: log,
 	})
 	if err != nil {
 		dev.Close()

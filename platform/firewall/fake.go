@@ -12,6 +12,7 @@ type Fake struct {
 	mu      sync.Mutex
 	applied []Policy
 	active  bool
+	removes int
 	// Err, when set, is returned by Apply and Remove instead of acting.
 	Err error
 }
@@ -42,7 +43,16 @@ func (f *Fake) Remove() error {
 		return f.Err
 	}
 	f.active = false
+	f.removes++
 	return nil
+}
+
+// Removes counts the calls of Remove that succeeded, for tests that check
+// the kill switch never came down.
+func (f *Fake) Removes() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.removes
 }
 
 // Active returns the policy in force, if any.

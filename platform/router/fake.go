@@ -90,3 +90,51 @@ func (f *Fake) Closed() bool {
 	defer f.mu.Unlock()
 	return f.closed
 }
+
+// FakeMonitor is a Monitor whose changes a test makes with Change. Its
+// zero value is ready; it serves one Changes call at a time.
+type FakeMonitor struct {
+	mu sync.Mutex
+	ch chan Change
+}
+
+// Changes implements Monitor.
+func (f *FakeMonitor) Changes(ctx context.Context) (<-chan Change, error) {
+	ch := make(chan Change, 1)
+	f.mu.Lock()
+	f.ch = ch
+	f.mu.Unlock()
+	go func() {
+		<-ctx.Done()
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if f.ch == ch {
+			f.ch = nil
+		}
+		close(ch)
+	}()
+	return ch, nil
+}
+
+// Watched reports whether someone is watching the changes now.
+func (f *FakeMonitor) Watched() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.ch != nil
+}
+
+// Change reports a change to the current watcher, if there is one and
+// it has none pending, and tells whether it did.
+func (f *FakeMonitor) Change(reason string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.ch == nil {
+		return false
+	}
+	select {
+	case f.ch <- Change{Reason: reason}:
+		return true
+	default:
+		return false
+	}
+}

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -14,48 +15,71 @@ import (
 	"time"
 )
 
-// clientDaemon is mixvpnd running in the local network's client namespace.
+// clientDaemon is mixvpnd running in the local network's client namespace,
+// with its settings, state and resolv.conf in a directory of the test's.
+// It can be killed and started again on the same files.
 type clientDaemon struct {
 	t      *testing.T
 	st     devnetState
+	dir    string
 	socket string
+	proc   *exec.Cmd
+	exited chan struct{}
 }
 
 func startDaemon(t *testing.T, st devnetState, settings string) *clientDaemon {
 	t.Helper()
 	dir := t.TempDir()
-	cd := &clientDaemon{t: t, st: st, socket: filepath.Join(dir, "mixvpnd.sock")}
-	sp := filepath.Join(dir, "settings.json")
-	os.WriteFile(sp, []byte(settings), 0o644)
+	cd := &clientDaemon{t: t, st: st, dir: dir, socket: filepath.Join(dir, "mixvpnd.sock")}
+	os.WriteFile(filepath.Join(dir, "settings.json"), []byte(settings), 0o644)
 	os.WriteFile(filepath.Join(dir, "resolv.conf"), []byte("nameserver 192.0.2.53\n"), 0o644)
-	cmd := exec.Command("ip", "netns", "exec", st.ns("client"), bin("mixvpnd"), "--tun", "mvpn0",
-		"--directory", st.DirectoryURL, "--directory-key", st.DirectoryKey, "--socket", cd.socket,
-		"--settings", sp, "--system-settings", filepath.Join(dir, "none.json"), "--resolv-conf", filepath.Join(dir, "resolv.conf"))
-	logf, _ := os.Create(filepath.Join(dir, "mixvpnd.log"))
+	cd.start()
+	return cd
+}
+
+// start runs mixvpnd and waits until its socket answers; cleanup stops it
+// with SIGTERM unless it is gone already.
+func (cd *clientDaemon) start() {
+	t := cd.t
+	t.Helper()
+	cmd := exec.Command("ip", "netns", "exec", cd.st.ns("client"), bin("mixvpnd"), "--tun", "mvpn0",
+		"--directory", cd.st.DirectoryURL, "--directory-key", cd.st.DirectoryKey, "--socket", cd.socket,
+		"--settings", filepath.Join(cd.dir, "settings.json"), "--system-settings", filepath.Join(cd.dir, "none.json"),
+		"--resolv-conf", filepath.Join(cd.dir, "resolv.conf"))
+	logf, _ := os.OpenFile(filepath.Join(cd.dir, "mixvpnd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			t.Error("mixvpnd did not stop on SIGTERM")
-			cmd.Process.Kill()
-		}
+	exited := make(chan struct{})
+	go func() {
+		cmd.Wait()
 		logf.Close()
+		close(exited)
+	}()
+	cd.proc, cd.exited = cmd, exited
+	t.Cleanup(func() {
+		select {
+		case <-exited:
+		default:
+			cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-exited:
+			case <-time.After(20 * time.Second):
+				t.Error("mixvpnd did not stop on SIGTERM")
+				cmd.Process.Kill()
+				<-exited
+			}
+		}
 		if t.Failed() {
-			b, _ := os.ReadFile(logf.Name())
+			b, _ := os.ReadFile(filepath.Join(cd.dir, "mixvpnd.log"))
 			t.Logf("mixvpnd log:\n%s", b)
 		}
 	})
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		if _, err := cd.cli("status"); err == nil {
-			return cd
+			return
 		}
 		if time.Now().After(deadline) {
 			t.Fatal("mixvpnd's socket never answered")
@@ -64,8 +88,22 @@ func startDaemon(t *testing.T, st devnetState, settings string) *clientDaemon {
 	}
 }
 
+// kill9 kills mixvpnd as a crash would: no cleanup of any kind. `ip
+// netns exec` execs the daemon, so the process is mixvpnd itself.
+func (cd *clientDaemon) kill9() {
+	cd.t.Helper()
+	if err := cd.proc.Process.Kill(); err != nil {
+		cd.t.Fatal(err)
+	}
+	select {
+	case <-cd.exited:
+	case <-time.After(10 * time.Second):
+		cd.t.Fatal("mixvpnd did not die on SIGKILL")
+	}
+}
+
 func (cd *clientDaemon) cli(args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, bin("mixvpn"), append([]string{"--socket", cd.socket}, args...)...).CombinedOutput()
 	if err != nil {
@@ -74,48 +112,106 @@ func (cd *clientDaemon) cli(args ...string) (string, error) {
 	return string(out), nil
 }
 
-func (cd *clientDaemon) must(args ...string) {
+func (cd *clientDaemon) must(args ...string) string {
 	cd.t.Helper()
-	if _, err := cd.cli(args...); err != nil {
+	out, err := cd.cli(args...)
+	if err != nil {
 		cd.t.Fatal(err)
 	}
+	return out
 }
 
-func (cd *clientDaemon) waitMode(mode string) {
+// states follows `mixvpn status --watch --json` until the test ends.
+type states struct {
+	t    *testing.T
+	c    chan string
+	seen []string
+}
+
+func (cd *clientDaemon) watchStates() *states {
 	cd.t.Helper()
-	deadline := time.Now().Add(45 * time.Second)
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(ctx, bin("mixvpn"), "--socket", cd.socket, "status", "--watch", "--json")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		cd.t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		cd.t.Fatal(err)
+	}
+	w := &states{t: cd.t, c: make(chan string, 256)}
+	go func() {
+		defer close(w.c)
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			var s struct{ State, Error string }
+			if json.Unmarshal(sc.Bytes(), &s) == nil {
+				w.c <- s.State + ": " + s.Error
+			}
+		}
+	}()
+	cd.t.Cleanup(func() {
+		cancel()
+		cmd.Wait()
+	})
+	return w
+}
+
+// until waits for the state want (given as "state" or "state: why") and
+// returns its line.
+func (w *states) until(want string, timeout time.Duration) string {
+	w.t.Helper()
+	deadline := time.After(timeout)
 	for {
-		out, err := cd.cli("status", "--json")
-		var s struct{ State, Mode, Error string }
-		if err == nil && json.Unmarshal([]byte(out), &s) == nil {
-			if s.State == "error" {
-				cd.t.Fatalf("daemon error: %s", s.Error)
+		select {
+		case l, ok := <-w.c:
+			if !ok {
+				w.t.Fatalf("status --watch ended; saw %v", w.seen)
 			}
-			if s.State == "connected" && s.Mode == mode {
-				return
+			w.seen = append(w.seen, l)
+			if strings.HasPrefix(l, want) {
+				return l
 			}
+		case <-deadline:
+			w.t.Fatalf("never %s within %v; saw %v", want, timeout, w.seen)
 		}
-		if time.Now().After(deadline) {
-			cd.t.Fatalf("not connected in %s mode: %s %v", mode, out, err)
-		}
-		time.Sleep(200 * time.Millisecond)
 	}
 }
 
-// fetch downloads a blob in the client namespace; mixnode fetch checks its
-// hash against the one the internet host publishes.
+// fetch downloads a blob by name in the client namespace; mixnode fetch
+// checks its hash against the one the internet host publishes.
 func (cd *clientDaemon) fetch(size int) string {
 	cd.t.Helper()
-	out, err := exec.Command("ip", "netns", "exec", cd.st.ns("client"), bin("mixnode"), "fetch", "--timeout", "90s",
-		"--dns", cd.st.addr("inet").String(), fmt.Sprintf("http://internet.mixvpn.test/blob/%d", size)).CombinedOutput()
+	return cd.fetchURL(fmt.Sprintf("http://internet.mixvpn.test/blob/%d", size))
+}
+
+func (cd *clientDaemon) fetchURL(url string) string {
+	cd.t.Helper()
+	out, err := cd.tryFetch(url, 90*time.Second)
 	if err != nil {
 		cd.t.Fatalf("fetch: %v: %s", err, out)
 	}
-	return strings.TrimSpace(string(out))
+	return strings.TrimSpace(out)
 }
 
-// capture runs tcpdump on the client's outer interface until stop.
-func capture(t *testing.T, st devnetState) (stop func() []string) {
+func (cd *clientDaemon) tryFetch(url string, timeout time.Duration) (string, error) {
+	out, err := exec.Command("ip", "netns", "exec", cd.st.ns("client"), bin("mixnode"), "fetch", "--timeout", timeout.String(),
+		"--dns", cd.st.addr("inet").String(), url).CombinedOutput()
+	return string(out), err
+}
+
+// addr6 is a host's IPv6 address on the backbone.
+func (s devnetState) addr6(name string) netip.Addr {
+	for _, h := range s.Hosts {
+		if h.Name == name {
+			return h.Addr6
+		}
+	}
+	return netip.Addr{}
+}
+
+// outerIface is the client's interface to the backbone.
+func outerIface(t *testing.T, st devnetState) string {
 	t.Helper()
 	out, err := exec.Command("ip", "netns", "exec", st.ns("client"), "ip", "-o", "link", "show").Output()
 	if err != nil {
@@ -127,6 +223,16 @@ func capture(t *testing.T, st devnetState) (stop func() []string) {
 			iface = strings.TrimSuffix(strings.Split(f[1], "@")[0], ":")
 		}
 	}
+	if iface == "" {
+		t.Fatalf("no outer interface in the client namespace:\n%s", out)
+	}
+	return iface
+}
+
+// capture runs tcpdump on the client's outer interface until stop.
+func capture(t *testing.T, st devnetState) (stop func() []string) {
+	t.Helper()
+	iface := outerIface(t, st)
 	pcap := filepath.Join(t.TempDir(), "client.pcap")
 	cmd := exec.Command("ip", "netns", "exec", st.ns("client"), "tcpdump", "-i", iface, "-nn", "-U", "-w", pcap)
 	if err := cmd.Start(); err != nil {
@@ -204,29 +310,42 @@ func hostOf(ep string) string {
 }
 
 // TestLeakConnectSwitchDisconnect drives the daemon as a user would, Fast
-// mode, Anonymous mode and back, downloading in each, while a capture on
-// the client's outer interface checks that nothing but tunnel traffic to
-// the directory and the entry gateway's ports ever leaves, DNS included.
+// mode, Anonymous mode and back, downloading in each (once over IPv6, to
+// the internet host's IPv6 address through the tunnel's IPv6 default
+// route), while a capture on the client's outer interface checks that
+// nothing but tunnel traffic to the directory and the entry gateway's
+// ports ever leaves, DNS included. connect and mode return once the
+// tunnel is up, so nothing here polls.
 func TestLeakConnectSwitchDisconnect(t *testing.T) {
 	needRoot(t)
 	st := startDevnet(t)
 	stop := capture(t, st)
-	cd := startDaemon(t, st, fmt.Sprintf(`{"dns_servers": [%q], "kill_switch": true}`, st.addr("inet")))
+	cd := startDaemon(t, st, fmt.Sprintf(`{"dns_servers": [%q], "kill_switch": true, "ipv6": true}`, st.addr("inet")))
 
-	cd.must("connect", "--mode", "fast", "--entry", "DE", "--exit", "CH")
-	cd.waitMode("fast")
-	out, _ := cd.cli("status")
+	out := cd.must("connect", "--mode", "fast", "--entry", "DE", "--exit", "CH")
 	if !strings.Contains(out, "entry1") || !strings.Contains(out, "exit1") {
-		t.Fatalf("status does not show the chosen gateways:\n%s", out)
+		t.Fatalf("connect does not show the chosen gateways:\n%s", out)
 	}
 	t.Log("fast: " + cd.fetch(4<<20))
+	t.Log("fast, IPv6: " + cd.fetchURL(fmt.Sprintf("http://[%s]/blob/%d", st.addr6("inet"), 1<<20)))
 
-	cd.must("mode", "anonymous")
-	cd.waitMode("anonymous")
+	out = cd.must("mode", "anonymous")
+	if !strings.HasPrefix(out, "Switched to anonymous mode") {
+		t.Fatalf("mode anonymous said %q", out)
+	}
 	t.Log("anonymous: " + cd.fetch(256<<10))
+	out = cd.must("stats", "--json")
+	var stats struct {
+		Mode         string
+		BytesIn      uint64 `json:"bytes_in"`
+		CoverPackets uint64 `json:"cover_packets"`
+		SURBsUsed    uint64 `json:"surbs_used"`
+	}
+	if err := json.Unmarshal([]byte(out), &stats); err != nil || stats.Mode != "anonymous" || stats.BytesIn < 256<<10 || stats.CoverPackets == 0 || stats.SURBsUsed == 0 {
+		t.Fatalf("anonymous stats %v: %s", err, out)
+	}
 
 	cd.must("mode", "fast")
-	cd.waitMode("fast")
 	t.Log("fast again: " + cd.fetch(1<<20))
 	cd.must("disconnect")
 
@@ -238,6 +357,51 @@ func TestLeakConnectSwitchDisconnect(t *testing.T) {
 		t.Fatalf("%d packets left outside the tunnel, first: %v", len(bad), bad[:min(len(bad), 10)])
 	}
 	t.Logf("%d packets captured on the outer interface, all tunnel traffic", tunnel)
+}
+
+// TestReconnectAfterLinkLoss cuts the client's link while connected, as
+// a cable pulled or a wifi lost would: the daemon notices (the default
+// route's link went down), reports reconnecting and keeps trying while
+// the kill switch blocks; when the link is back (with its routes, as
+// DHCP would restore them) it connects again and traffic flows. The
+// capture sees nothing but tunnel traffic throughout.
+func TestReconnectAfterLinkLoss(t *testing.T) {
+	needRoot(t)
+	st := startDevnet(t)
+	stop := capture(t, st)
+	cd := startDaemon(t, st, fmt.Sprintf(`{"dns_servers": [%q], "kill_switch": true}`, st.addr("inet")))
+	cd.must("connect", "--mode", "fast")
+	t.Log("before: " + cd.fetch(256<<10))
+
+	w := cd.watchStates()
+	w.until("connected", 10*time.Second)
+	iface := outerIface(t, st)
+	ip := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", append([]string{"netns", "exec", st.ns("client"), "ip"}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v\n%s", args, err, out)
+		}
+	}
+	ip("link", "set", iface, "down")
+	t.Log(w.until("reconnecting", 30*time.Second))
+	if _, err := cd.tryFetch("http://198.51.100.80/blob/1024", 5*time.Second); err == nil {
+		t.Fatal("a fetch worked with the link down")
+	}
+	// Back up, with what DHCP would restore: IPv6 drops a downed link's
+	// addresses, and neither family keeps its routes.
+	ip("link", "set", iface, "up")
+	ip("-6", "addr", "replace", st.addr6("client").String()+"/128", "dev", iface, "nodad")
+	ip("route", "replace", "default", "dev", iface)
+	ip("-6", "route", "replace", "default", "dev", iface)
+	t.Log(w.until("connected", 60*time.Second))
+	t.Log("after: " + cd.fetch(256<<10))
+	cd.must("disconnect")
+
+	bad, tunnel := leaks(st, stop())
+	if len(bad) > 0 {
+		t.Fatalf("%d packets left outside the tunnel, first: %v", len(bad), bad[:min(len(bad), 10)])
+	}
+	t.Logf("%d packets captured on the outer interface, all tunnel traffic; states %v", tunnel, w.seen)
 }
 
 // TestLeaksParser needs no root: it checks the capture reading on lines

@@ -48,6 +48,11 @@ type Stats struct {
 	// Dropped counts packets read from the device that did not fit the
 	// session's queue (the mixnet's rate is the bottleneck).
 	Dropped uint64
+	// SURBStock estimates the reply blocks the exit holds for the
+	// session: those sent (SURBsMade) less those a reply came back on
+	// (RepliesReceived). Blocks the exit dropped, expired or was told to
+	// flush still count, so it is an upper bound.
+	SURBStock uint64
 	// Entry and Exit are the gateways in use; V4 and V6 the inner
 	// addresses the exit assigned.
 	Entry, Exit string
@@ -224,6 +229,9 @@ func (t *Tunnel) Stats() Stats {
 	if conn != nil {
 		s.Stats = conn.Stats()
 		s.Entry, s.Exit = conn.Entry(), conn.Exit()
+		if s.SURBsMade > s.RepliesReceived {
+			s.SURBStock = s.SURBsMade - s.RepliesReceived
+		}
 	}
 	if sess != nil {
 		s.V4, s.V6 = sess.Addrs()

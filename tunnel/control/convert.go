@@ -75,7 +75,7 @@ func GatewayToProto(g Gateway) *pb.Gateway {
 		Country:   g.Country,
 		Endpoint:  g.Endpoint,
 		Health:    pb.Health(g.Health),
-		LatencyUs: uint64(max(g.Latency, 0) / time.Microsecond),
+		LatencyUs: usOf(g.Latency),
 	}
 }
 
@@ -155,18 +155,24 @@ type StatsSample struct {
 // StatsToProto converts s.
 func StatsToProto(s StatsSample) *pb.Stats {
 	return &pb.Stats{
-		TimeUnixMs:    unixMs(s.Time),
-		BytesIn:       s.BytesIn,
-		BytesOut:      s.BytesOut,
-		RateIn:        s.RateIn,
-		RateOut:       s.RateOut,
-		LatencyUs:     uint64(max(s.Latency, 0) / time.Microsecond),
-		RealPackets:   s.RealPackets,
-		CoverPackets:  s.CoverPackets,
-		LoopsSent:     s.LoopsSent,
-		LoopsReturned: s.LoopsReturned,
-		SurbsMade:     s.SURBsMade,
-		SurbsUsed:     s.SURBsUsed,
+		TimeUnixMs:          unixMs(s.Time),
+		Mode:                ModeToProto(s.Mode),
+		BytesIn:             s.BytesIn,
+		BytesOut:            s.BytesOut,
+		RateIn:              s.RateIn,
+		RateOut:             s.RateOut,
+		LatencyUs:           usOf(s.Latency),
+		LastHandshakeUnixMs: unixMs(s.LastHandshake),
+		RealPackets:         s.RealPackets,
+		CoverPackets:        s.CoverPackets,
+		LoopsSent:           s.LoopsSent,
+		LoopsReturned:       s.LoopsReturned,
+		LoopsLost:           s.LoopsLost,
+		LoopRttP50Us:        usOf(s.LoopRTTP50),
+		LoopRttP90Us:        usOf(s.LoopRTTP90),
+		SurbsMade:           s.SURBsMade,
+		SurbsUsed:           s.SURBsUsed,
+		SurbStock:           s.SURBStock,
 	}
 }
 
@@ -174,15 +180,21 @@ func StatsToProto(s StatsSample) *pb.Stats {
 func StatsFromProto(s *pb.Stats) StatsSample {
 	return StatsSample{
 		Stats: Stats{
+			Mode:          ModeFromProto(s.GetMode()),
 			BytesIn:       s.GetBytesIn(),
 			BytesOut:      s.GetBytesOut(),
 			Latency:       usDuration(s.GetLatencyUs()),
+			LastHandshake: fromUnixMs(s.GetLastHandshakeUnixMs()),
 			RealPackets:   s.GetRealPackets(),
 			CoverPackets:  s.GetCoverPackets(),
 			LoopsSent:     s.GetLoopsSent(),
 			LoopsReturned: s.GetLoopsReturned(),
+			LoopsLost:     s.GetLoopsLost(),
+			LoopRTTP50:    usDuration(s.GetLoopRttP50Us()),
+			LoopRTTP90:    usDuration(s.GetLoopRttP90Us()),
 			SURBsMade:     s.GetSurbsMade(),
 			SURBsUsed:     s.GetSurbsUsed(),
+			SURBStock:     s.GetSurbStock(),
 		},
 		Time:    fromUnixMs(s.GetTimeUnixMs()),
 		RateIn:  s.GetRateIn(),
@@ -259,6 +271,9 @@ func fromUnixMs(ms int64) time.Time {
 	}
 	return time.UnixMilli(ms)
 }
+
+// usOf is d in whole microseconds; a negative d is 0.
+func usOf(d time.Duration) uint64 { return uint64(max(d, 0) / time.Microsecond) }
 
 func usDuration(us uint64) time.Duration {
 	if us > uint64(time.Duration(math.MaxInt64)/time.Microsecond) {

@@ -205,6 +205,16 @@ func (f *Fake) Fail(reason string) {
 	f.setLocked(Status{State: StateError, Error: reason, Mode: f.status.Mode})
 }
 
+// Reconnecting moves the Fake to StateReconnecting with reason, as a
+// daemon whose tunnel died does; Connect brings it back.
+func (f *Fake) Reconnecting(reason string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	st := f.status
+	st.State, st.Error = StateReconnecting, reason
+	f.setLocked(st)
+}
+
 // Close ends every subscription, as a daemon that stops does.
 func (f *Fake) Close() {
 	f.mu.Lock()

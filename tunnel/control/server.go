@@ -27,7 +27,10 @@ type Daemon interface {
 	// zero mode and empty entry or exit mean the settings' choice.
 	Connect(ctx context.Context, mode Mode, entry, exit string) error
 	Disconnect(ctx context.Context) error
-	// SetMode switches mode, reconnecting if connected.
+	// SetMode switches mode, reconnecting if connected. Like Connect it
+	// may return before the tunnel is up in the new mode, but not before
+	// the status shows the new mode, so that a client waiting for the
+	// switch is not misled by the status before it.
 	SetMode(ctx context.Context, mode Mode) error
 	Gateways(ctx context.Context) ([]Gateway, error)
 	Settings() Settings

@@ -53,6 +53,10 @@ const (
 	StateDisconnecting
 	// StateError comes with Status.Error saying what went wrong.
 	StateError
+	// StateReconnecting is a tunnel that was up and is being brought back
+	// after it died or the network changed under it; Status.Error says
+	// why. The kill switch keeps blocking meanwhile.
+	StateReconnecting
 )
 
 // String returns the state in lower case, as the CLI prints it.
@@ -68,6 +72,8 @@ func (s State) String() string {
 		return "disconnecting"
 	case StateError:
 		return "error"
+	case StateReconnecting:
+		return "reconnecting"
 	}
 	return fmt.Sprintf("State(%d)", int(s))
 }
@@ -124,7 +130,8 @@ func (h Health) String() string {
 // Status is the connection state as the daemon reports it.
 type Status struct {
 	State State
-	// Error says why State is StateError.
+	// Error says why State is StateError, or why the daemon is
+	// reconnecting and how its last attempt went.
 	Error string
 	Mode  Mode
 	// Entry and Exit are the gateway IDs in use while connected.
@@ -177,11 +184,21 @@ type Settings struct {
 
 // Stats are the daemon's traffic counters since it last connected.
 type Stats struct {
+	// Mode is the current tunnel's; ModeUnspecified when there is none.
+	Mode              Mode
 	BytesIn, BytesOut uint64
 	// Latency is the current round trip through the tunnel; 0 if unknown.
 	Latency time.Duration
+	// LastHandshake is Fast mode's: the older of the two hops' latest
+	// WireGuard handshakes, so its age tells whether both hops are fresh.
+	LastHandshake time.Time
 	// The rest count Anonymous mode's packets.
-	RealPackets, CoverPackets uint64
-	LoopsSent, LoopsReturned  uint64
-	SURBsMade, SURBsUsed      uint64
+	RealPackets, CoverPackets           uint64
+	LoopsSent, LoopsReturned, LoopsLost uint64
+	LoopRTTP50, LoopRTTP90              time.Duration
+	SURBsMade, SURBsUsed                uint64
+	// SURBStock estimates the reply blocks the exit holds: those sent
+	// less those a reply came back on. Blocks the exit dropped still
+	// count, so it is an upper bound.
+	SURBStock uint64
 }

@@ -3,6 +3,12 @@
 // brings Fast and Anonymous tunnels up on leases of it, and points routes,
 // DNS and the firewall at whichever is current, so that switching modes
 // never takes the interface down and nothing leaves outside the tunnel.
+//
+// It also keeps the tunnel up: a tunnel that stops hearing back, a
+// network that changes under it and a machine that wakes from sleep make
+// it reconnect, with backoff, while the kill switch keeps blocking; and
+// what the user last asked for is kept on disk, so a daemon that crashed
+// or was restarted comes back connected if it was.
 package daemon
 
 import (
@@ -19,19 +25,19 @@ import (
 
 	"golang.zx2c4.com/wireguard/tun"
 
-	"github.com/mixvpn/mixvpn/mixnet/client"
 	"github.com/mixvpn/mixvpn/mixnet/directory"
 	"github.com/mixvpn/mixvpn/platform/dns"
 	"github.com/mixvpn/mixvpn/platform/firewall"
 	"github.com/mixvpn/mixvpn/platform/router"
 	"github.com/mixvpn/mixvpn/tunnel"
-	"github.com/mixvpn/mixvpn/tunnel/anon"
 	"github.com/mixvpn/mixvpn/tunnel/control"
-	"github.com/mixvpn/mixvpn/tunnel/fast"
 )
 
 // Version is the daemon's version, reported by GetStatus.
 const Version = "0.1.0"
+
+// connectTimeout bounds one attempt to bring a tunnel up.
+const connectTimeout = 30 * time.Second
 
 // Config configures a Daemon.
 type Config struct {
@@ -43,37 +49,79 @@ type Config struct {
 	// SystemSettings is the settings file IT presets (read only);
 	// Settings is the daemon's own, written on every change.
 	SystemSettings, Settings string
+	// State is where the daemon keeps what the user last asked for
+	// (connected or not, mode, gateways), mode 0600, so that after a
+	// crash, a restart or a reboot it comes back to it. Empty keeps it
+	// in memory only.
+	State string
+	// LockdownRuleset is where the daemon writes, while lockdown is on,
+	// the nft script of the policy in force (firewall.Render), for a
+	// unit that loads it at boot before any network comes up; it removes
+	// the file when lockdown goes off. Empty writes none.
+	LockdownRuleset string
 	// Router, DNS and Firewall are the platform; the fakes serve tests.
 	Router   router.Router
 	DNS      dns.Configurator
 	Firewall firewall.Firewall
-	Logger   *slog.Logger
+	// Monitor reports changes of the network, after which a connected
+	// tunnel reconnects. Nil leaves the tunnel's own health and the
+	// clocks to notice.
+	Monitor router.Monitor
+	// Reconnect tunes how a dead tunnel is noticed and brought back.
+	Reconnect ReconnectConfig
+	Logger    *slog.Logger
 }
 
 // Daemon is the tunnel state machine.
 type Daemon struct {
 	cfg    Config
+	rc     ReconnectConfig
 	log    *slog.Logger
 	shared *tunnel.Shared
 	ifname string
-	// fetcher is the one directory client: it falls back to the last
-	// good document while the directory is briefly unreachable.
-	fetcher *directory.Fetcher
+	// dir is the one directory client: a Fetcher, which falls back to
+	// the last good document while the directory is briefly unreachable.
+	dir directory.Source
+	// open builds tunnels and clock reads the time: newTunnel and the
+	// system clock, unless a test put doubles there before Run.
+	open  openFunc
+	clock clock
+	// prevWall and prevMono are the clocks at the last check; only
+	// check touches them, from the watcher (or a test in its place).
+	prevWall time.Time
+	prevMono time.Duration
 
-	// op serialises connects, switches and disconnects.
+	// op serialises bringing tunnels up and taking them down.
 	op sync.Mutex
+	// fwMu serialises firewall changes, so that the last one applied is
+	// always computed from the latest state.
+	fwMu sync.Mutex
+	// stateMu serialises writes of the target file, for the same reason.
+	stateMu sync.Mutex
+	// loops are the connection attempts running.
+	loops sync.WaitGroup
+	// ready is closed once Run has prepared the platform: attempts that
+	// a request started earlier wait for it.
+	ready chan struct{}
 
 	mu       sync.Mutex
 	status   control.Status
 	settings control.Settings
-	subs     map[chan control.Event]struct{}
-	cur      modeTunnel
-	fastT    *fast.Tunnel
-	anonT    *anon.Tunnel
-	dnsOn    bool
+	target   target
+	// gen counts changes of course (connect, switch, reconnect,
+	// disconnect); an attempt whose gen is past gives up, and cancelGen
+	// stops it.
+	gen       uint64
+	cancelGen context.CancelFunc
+	subs      map[chan control.Event]struct{}
+	cur       modeTunnel
+	live      liveness
+	doc       *directory.Document // last fetched, for the kill switch's endpoints
+	dnsOn     bool
 }
 
-// New builds a daemon. It loads the settings; Run starts it.
+// New builds a daemon. It loads the settings and what the user last asked
+// for; Run starts it.
 func New(cfg Config) (*Daemon, error) {
 	if cfg.Device == nil || cfg.Router == nil || cfg.DNS == nil || cfg.Firewall == nil {
 		return nil, errors.New("daemon: device, router, DNS and firewall are required")
@@ -93,15 +141,33 @@ func New(cfg Config) (*Daemon, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	d := &Daemon{cfg: cfg, log: log, ifname: name, settings: s, subs: map[chan control.Event]struct{}{},
-		fetcher: &directory.Fetcher{URL: cfg.DirectoryURL, Key: cfg.DirectoryKey}}
+	// What to come back to is decided here, before the control API can
+	// take a request that would change it.
+	tg, err := loadTarget(cfg.State)
+	if err != nil {
+		log.Warn("forgetting the last connection", "err", err)
+		tg = target{}
+	}
+	if !tg.Connected && s.AutoConnect {
+		tg = target{Connected: true, Mode: s.Mode, Entry: s.Entry, Exit: s.Exit}
+	}
+	if tg.Mode == control.ModeUnspecified {
+		tg.Mode = s.Mode
+	}
+	d := &Daemon{cfg: cfg, rc: cfg.Reconnect.withDefaults(), log: log, ifname: name, settings: s, target: tg,
+		subs: map[chan control.Event]struct{}{}, clock: newSystemClock(), ready: make(chan struct{}),
+		dir: &directory.Fetcher{URL: cfg.DirectoryURL, Key: cfg.DirectoryKey}}
+	d.open = d.newTunnel
 	d.status = control.Status{State: control.StateDisconnected, Mode: s.Mode, Since: time.Now(), DaemonVersion: Version}
 	return d, nil
 }
 
-// Run starts the data plane, applies lockdown and auto-connect, and runs
-// until ctx ends; then it disconnects and restores the system, except
-// that lockdown's blocking rules stay.
+// Run starts the data plane and comes back to what the user last asked
+// for: connected (after a crash, a restart or a reboot) or, with
+// auto-connect, connected anyway. It runs until ctx ends; then it takes
+// the tunnel down and restores the system, except that lockdown's
+// blocking rules stay, and remembers whether the tunnel was meant to be
+// up for the next start.
 func (d *Daemon) Run(ctx context.Context) error {
 	d.shared = tunnel.NewShared(d.cfg.Device)
 	defer d.shared.Close()
@@ -110,25 +176,44 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	defer d.cfg.Router.Close()
 	d.cfg.DNS.Restore() // undo what a crashed daemon left
-	s := d.Settings()
-	if s.Lockdown {
-		if err := d.applyFirewall(nil); err != nil {
-			return err
-		}
-	} else {
-		d.cfg.Firewall.Remove() // a crashed daemon's kill switch
+	d.mu.Lock()
+	tg := d.target
+	d.mu.Unlock()
+	// The kill switch goes up before anything connects, so a crashed
+	// daemon's tunnel leaks nothing while this one comes back.
+	if err := d.syncFirewall(tg.Connected); err != nil {
+		return err
 	}
-	if s.AutoConnect {
-		if err := d.Connect(ctx, s.Mode, s.Entry, s.Exit); err != nil {
-			d.log.Warn("auto-connect failed", "err", err)
-		}
+	close(d.ready)
+	d.mu.Lock()
+	if d.gen == 0 && tg.Connected {
+		// Nobody asked for anything yet: come back as before.
+		d.log.Info("connecting as when last stopped", "mode", tg.Mode, "entry", tg.Entry, "exit", tg.Exit)
+		d.startLocked(tg, tg, control.StateConnecting, "", true)
 	}
+	d.mu.Unlock()
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		d.watch(ctx)
+	}()
 	<-ctx.Done()
-	d.Disconnect(context.Background())
-	if !d.Settings().Lockdown {
-		d.cfg.Firewall.Remove()
-	}
+	<-watched
+	d.shutdown()
 	return nil
+}
+
+// shutdown takes the tunnel down when the daemon stops, but keeps the
+// target: stopping the daemon is not the user disconnecting.
+func (d *Daemon) shutdown() {
+	d.mu.Lock()
+	gen, _ := d.supersedeLocked()
+	d.cancelGen()
+	d.setStatusLocked(func(st *control.Status) { st.State = control.StateDisconnecting })
+	d.mu.Unlock()
+	d.loops.Wait()
+	d.teardown(context.Background(), false)
+	d.setStatusIf(gen, func(st *control.Status) { st.State, st.Error = control.StateDisconnected, "" })
 }
 
 // Status is the tunnel's state.
@@ -138,8 +223,9 @@ func (d *Daemon) Status() control.Status {
 	return d.status
 }
 
-func (d *Daemon) setStatus(f func(s *control.Status)) {
-	d.mu.Lock()
+// setStatusLocked changes the status and tells the subscribers. Called
+// with mu.
+func (d *Daemon) setStatusLocked(f func(s *control.Status)) {
 	before := d.status
 	f(&d.status)
 	if d.status.State != before.State {
@@ -152,8 +238,19 @@ func (d *Daemon) setStatus(f func(s *control.Status)) {
 		default: // a slow watcher misses a step, never blocks the daemon
 		}
 	}
-	d.mu.Unlock()
 	d.log.Info("state", "state", ev.Status.State, "mode", ev.Status.Mode, "entry", ev.Status.Entry, "exit", ev.Status.Exit, "error", ev.Status.Error)
+}
+
+// setStatusIf changes the status unless gen is past, and tells whether
+// it did.
+func (d *Daemon) setStatusIf(gen uint64, f func(s *control.Status)) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.gen != gen {
+		return false
+	}
+	d.setStatusLocked(f)
+	return true
 }
 
 // Subscribe streams status changes.
@@ -173,7 +270,9 @@ func (d *Daemon) Subscribe() (<-chan control.Event, func()) {
 }
 
 // Connect starts connecting in mode (the settings' when zero) and returns
-// once the state is Connecting; the outcome comes as events.
+// once the state is Connecting; the outcome comes as events. A failure is
+// final (StateError), since the user is there to see it; the daemon
+// retries by itself only a tunnel that was up.
 func (d *Daemon) Connect(ctx context.Context, mode control.Mode, entry, exit string) error {
 	s := d.Settings()
 	if mode == control.ModeUnspecified {
@@ -185,139 +284,189 @@ func (d *Daemon) Connect(ctx context.Context, mode control.Mode, entry, exit str
 	if exit == "" {
 		exit = s.Exit
 	}
-	d.setStatus(func(st *control.Status) {
-		st.State, st.Mode, st.Entry, st.Exit, st.Error = control.StateConnecting, mode, entry, exit, ""
-	})
-	go d.bringUp(mode, entry, exit)
+	d.start(target{Connected: true, Mode: mode, Entry: entry, Exit: exit}, control.StateConnecting, "", false)
+	d.persistTarget()
 	return nil
 }
 
 // SetMode switches the live tunnel to mode, or records it for the next
-// connection.
+// connection. Either way it becomes the settings' mode.
 func (d *Daemon) SetMode(ctx context.Context, mode control.Mode) error {
-	st := d.Status()
-	if st.State != control.StateConnected && st.State != control.StateConnecting {
-		d.mu.Lock()
-		d.status.Mode = mode
-		d.settings.Mode = mode
-		d.mu.Unlock()
-		return nil
+	d.mu.Lock()
+	d.settings.Mode = mode
+	s := d.settings
+	st, tg := d.status, d.target
+	tg.Mode = mode
+	switch {
+	case st.State != control.StateConnected && st.State != control.StateConnecting && st.State != control.StateReconnecting:
+		d.target.Mode = mode
+		d.setStatusLocked(func(st *control.Status) { st.Mode = mode })
+	case st.State == control.StateReconnecting && st.Mode != mode:
+		// A tunnel that was being brought back keeps being retried, in
+		// the new mode.
+		d.startLocked(tg, tg, control.StateConnecting, "", true)
+	case st.Mode != mode:
+		// A live switch keeps the gateways in use, though the user's
+		// choice (a country, or any) stays what is remembered; the user
+		// is there to see a failure.
+		via := tg
+		if st.State == control.StateConnected {
+			via.Entry, via.Exit = st.Entry, st.Exit
+		}
+		d.startLocked(tg, via, control.StateConnecting, "", false)
 	}
-	if st.Mode == mode {
-		return nil
+	d.mu.Unlock()
+	d.persistTarget()
+	if d.cfg.Settings != "" {
+		if err := saveSettings(d.cfg.Settings, s); err != nil {
+			return err
+		}
 	}
-	return d.Connect(ctx, mode, st.Entry, st.Exit)
+	return nil
 }
 
-// bringUp builds the tunnel of mode on a new lease of the device and then
+// start supersedes whatever the daemon was doing and brings tg's tunnel
+// up in the background, reporting state with reason. With retry,
+// failures are retried with backoff until the tunnel is up or the user
+// changes course.
+func (d *Daemon) start(tg target, state control.State, reason string, retry bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.startLocked(tg, tg, state, reason, retry)
+}
+
+// startLocked is start, called with mu, bringing up via: tg, or tg
+// through the gateways in use.
+func (d *Daemon) startLocked(tg, via target, state control.State, reason string, retry bool) {
+	gen, ctx := d.supersedeLocked()
+	d.target = tg
+	d.setStatusLocked(func(st *control.Status) {
+		st.State, st.Mode, st.Error = state, via.Mode, reason
+		if state == control.StateConnecting {
+			st.Entry, st.Exit = via.Entry, via.Exit
+		}
+	})
+	d.loops.Go(func() { d.connectLoop(ctx, gen, via, retry) })
+}
+
+// supersedeLocked starts a new gen, stopping the attempt of the last.
+// Called with mu.
+func (d *Daemon) supersedeLocked() (uint64, context.Context) {
+	d.gen++
+	if d.cancelGen != nil {
+		d.cancelGen()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	d.cancelGen = cancel
+	return d.gen, ctx
+}
+
+// connectLoop brings tg's tunnel up; with retry it tries again after
+// failures, waiting from RetryMin doubling to RetryMax, until it is up or
+// ctx (its gen) ends.
+func (d *Daemon) connectLoop(ctx context.Context, gen uint64, tg target, retry bool) {
+	wait := d.rc.RetryMin
+	for attempt := 1; ; attempt++ {
+		err := d.bringUp(ctx, gen, tg)
+		if err == nil || ctx.Err() != nil {
+			return
+		}
+		d.log.Warn("connect failed", "attempt", attempt, "err", err)
+		if !retry {
+			d.setStatusIf(gen, func(st *control.Status) { st.State, st.Error = control.StateError, err.Error() })
+			return
+		}
+		d.setStatusIf(gen, func(st *control.Status) {
+			st.State = control.StateReconnecting
+			st.Error = fmt.Sprintf("attempt %d failed: %v; trying again within %v", attempt, err, wait)
+		})
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+			wait = min(2*wait, d.rc.RetryMax)
+		}
+	}
+}
+
+// bringUp builds the tunnel for tg on a new lease of the device and then
 // moves routes and DNS to it. The old tunnel, if any, loses the device
 // the moment the new lease is taken, so packets in between are dropped
 // inside the TUN, never sent in the clear; the kill switch blocks
 // everything else while this runs.
-func (d *Daemon) bringUp(mode control.Mode, entry, exit string) {
+func (d *Daemon) bringUp(ctx context.Context, gen uint64, tg target) error {
+	select {
+	case <-d.ready:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 	d.op.Lock()
 	defer d.op.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, connectTimeout)
 	defer cancel()
 	s := d.Settings()
-	fail := func(err error) {
-		d.log.Warn("connect failed", "err", err)
-		d.setStatus(func(st *control.Status) { st.State, st.Error = control.StateError, err.Error() })
-	}
-	doc, err := d.fetcher.Fetch(ctx)
+	doc, err := d.dir.Fetch(ctx)
 	if err != nil {
-		fail(fmt.Errorf("cannot reach the directory: %w", err))
-		return
+		return fmt.Errorf("cannot reach the directory: %w", err)
 	}
-	bypass := d.bypass(doc)
-	if s.KillSwitch || s.Lockdown {
-		if err := d.applyFirewall(bypass); err != nil {
-			fail(err)
-			return
-		}
+	d.mu.Lock()
+	d.doc = doc
+	d.mu.Unlock()
+	if err := d.syncFirewall(true); err != nil {
+		return err
 	}
-	t, describe, err := d.newTunnel(ctx, mode, doc, entry, exit, s)
+	t, err := d.open(ctx, tg, doc, s)
 	if err != nil {
-		fail(err)
-		return
+		return err
 	}
 	if err := t.Up(ctx); err != nil {
 		t.Close()
-		fail(err)
-		return
+		return err
 	}
-	addrs, entryID, exitID := describe()
+	addrs, entryID, exitID := t.Info()
+	sent, heard := t.Progress()
 	d.mu.Lock()
+	if d.gen != gen {
+		d.mu.Unlock()
+		t.Close()
+		return context.Canceled
+	}
 	old := d.cur
 	d.cur = t
-	d.fastT, _ = t.(*fast.Tunnel)
-	d.anonT, _ = t.(*anon.Tunnel)
+	d.live = liveness{sent: sent, heard: heard}
 	d.mu.Unlock()
 	if old != nil {
 		old.Close()
 	}
-	rc := router.Config{Interface: d.ifname, Addresses: addrs, RouteIPv4: true, RouteIPv6: s.IPv6, Bypass: bypass}
+	rc := router.Config{Interface: d.ifname, Addresses: addrs, RouteIPv4: true, RouteIPv6: s.IPv6, Bypass: d.bypass(doc)}
 	if s.AllowLAN {
 		rc.AllowLAN = firewall.DefaultLAN()
 	}
 	if err := d.cfg.Router.Set(ctx, rc); err != nil {
-		fail(fmt.Errorf("routes: %w", err))
-		return
+		return fmt.Errorf("routes: %w", err)
 	}
 	if len(s.DNSServers) > 0 {
 		if err := d.cfg.DNS.Set(ctx, dns.Config{Servers: s.DNSServers, Interface: d.ifname}); err != nil {
-			fail(fmt.Errorf("DNS: %w", err))
-			return
+			return fmt.Errorf("DNS: %w", err)
 		}
 		d.mu.Lock()
 		d.dnsOn = true
 		d.mu.Unlock()
 	}
-	d.setStatus(func(st *control.Status) {
-		st.State, st.Mode, st.Entry, st.Exit, st.Error = control.StateConnected, mode, entryID, exitID, ""
+	d.setStatusIf(gen, func(st *control.Status) {
+		st.State, st.Mode, st.Entry, st.Exit, st.Error = control.StateConnected, tg.Mode, entryID, exitID, ""
 	})
-}
-
-// modeTunnel is a tunnel of either mode: tunnel/fast's or tunnel/anon's.
-type modeTunnel interface {
-	Up(ctx context.Context) error
-	Close() error
-}
-
-// newTunnel builds the tunnel of mode on a new lease of the device; once it
-// is up, describe tells its inner addresses and its gateways.
-func (d *Daemon) newTunnel(ctx context.Context, mode control.Mode, doc *directory.Document, entry, exit string, s control.Settings) (modeTunnel, func() ([]netip.Prefix, string, string), error) {
-	switch mode {
-	case control.ModeFast:
-		fc, joined, err := fast.Join(ctx, fast.JoinConfig{DirectoryURL: d.cfg.DirectoryURL, DirectoryKey: d.cfg.DirectoryKey, Document: doc, Entry: entry, Exit: exit, Logger: d.log})
-		if err != nil {
-			return nil, nil, err
-		}
-		fc.FwMark = router.FwMark
-		t, err := fast.New(fc, d.shared.Lease())
-		if err != nil {
-			return nil, nil, err
-		}
-		return t, func() ([]netip.Prefix, string, string) { return fc.InnerAddrs, joined.EntryID, joined.ExitID }, nil
-	case control.ModeAnonymous:
-		t, err := anon.New(anon.Config{Logger: d.log, Connect: client.ConnectConfig{
-			DirectoryURL: d.cfg.DirectoryURL, DirectoryKey: d.cfg.DirectoryKey, Document: doc, Entry: entry, Exit: exit,
-			Client: client.Config{Rate: s.MixRate, LoopRate: s.LoopRate, MeanDelay: s.MeanDelay},
-		}}, d.shared.Lease())
-		if err != nil {
-			return nil, nil, err
-		}
-		return t, func() ([]netip.Prefix, string, string) {
-			v4, v6 := t.Addrs()
-			st := t.Stats()
-			return []netip.Prefix{netip.PrefixFrom(v4, 32), netip.PrefixFrom(v6, 128)}, st.Entry, st.Exit
-		}, nil
-	}
-	return nil, nil, fmt.Errorf("unknown mode %v", mode)
+	return nil
 }
 
 // bypass lists what the daemon reaches around the tunnel: the directory
-// and the entry gateways' link and WireGuard ports. Nothing else.
+// and, once a document is known, the entry gateways' link and WireGuard
+// ports. Nothing else.
 func (d *Daemon) bypass(doc *directory.Document) []netip.AddrPort {
 	var out []netip.AddrPort
 	if u, err := url.Parse(d.cfg.DirectoryURL); err == nil {
@@ -326,6 +475,9 @@ func (d *Daemon) bypass(doc *directory.Document) []netip.AddrPort {
 		} else if ip, err := netip.ParseAddr(u.Hostname()); err == nil {
 			out = append(out, netip.AddrPortFrom(ip, 80))
 		}
+	}
+	if doc == nil {
+		return out
 	}
 	for _, e := range doc.NodesOf(directory.RoleEntry, 0) {
 		if ap, err := netip.ParseAddrPort(e.Address); err == nil {
@@ -340,19 +492,54 @@ func (d *Daemon) bypass(doc *directory.Document) []netip.AddrPort {
 	return out
 }
 
-func (d *Daemon) applyFirewall(bypass []netip.AddrPort) error {
-	s := d.Settings()
-	p := firewall.Policy{Interface: d.ifname, AllowLAN: s.AllowLAN, AllowDHCP: true}
-	if s.AllowLAN {
-		p.LAN = firewall.DefaultLAN()
+// syncFirewall makes the kill switch match the settings: on while the
+// tunnel is meant to be up (allowing the directory and the entries), and
+// with lockdown always (allowing only the directory while it is not), in
+// which case the boot ruleset follows it; off otherwise.
+func (d *Daemon) syncFirewall(meantUp bool) error {
+	d.fwMu.Lock()
+	defer d.fwMu.Unlock()
+	d.mu.Lock()
+	s, doc := d.settings, d.doc
+	d.mu.Unlock()
+	var err error
+	if s.Lockdown || meantUp && s.KillSwitch {
+		if !meantUp {
+			doc = nil
+		}
+		p := firewall.Policy{Interface: d.ifname, AllowLAN: s.AllowLAN, AllowDHCP: true}
+		if s.AllowLAN {
+			p.LAN = firewall.DefaultLAN()
+		}
+		for _, ap := range d.bypass(doc) {
+			// The directory and links are TCP, WireGuard is UDP; the
+			// port tells which, but allowing both costs nothing.
+			p.Endpoints = append(p.Endpoints, firewall.Endpoint{Addr: ap, Proto: firewall.TCP}, firewall.Endpoint{Addr: ap, Proto: firewall.UDP})
+		}
+		if err = d.cfg.Firewall.Apply(context.Background(), p); err != nil {
+			err = fmt.Errorf("firewall: %w", err)
+		} else if s.Lockdown && d.cfg.LockdownRuleset != "" {
+			err = d.writeLockdown(p)
+		}
+	} else if rerr := d.cfg.Firewall.Remove(); rerr != nil {
+		err = fmt.Errorf("firewall: %w", rerr)
 	}
-	for _, ap := range bypass {
-		// The directory and links are TCP, WireGuard is UDP; the port
-		// tells which, but allowing both costs nothing.
-		p.Endpoints = append(p.Endpoints, firewall.Endpoint{Addr: ap, Proto: firewall.TCP}, firewall.Endpoint{Addr: ap, Proto: firewall.UDP})
+	if !s.Lockdown && d.cfg.LockdownRuleset != "" {
+		if rerr := removeFile(d.cfg.LockdownRuleset); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("lockdown ruleset: %w", rerr))
+		}
 	}
-	if err := d.cfg.Firewall.Apply(context.Background(), p); err != nil {
-		return fmt.Errorf("firewall: %w", err)
+	return err
+}
+
+// writeLockdown renders p for the boot unit.
+func (d *Daemon) writeLockdown(p firewall.Policy) error {
+	text, err := firewall.Render(p)
+	if err != nil {
+		return fmt.Errorf("lockdown ruleset: %w", err)
+	}
+	if err := writeIfChanged(d.cfg.LockdownRuleset, []byte(text), 0o600); err != nil {
+		return fmt.Errorf("lockdown ruleset: %w", err)
 	}
 	return nil
 }
@@ -360,35 +547,62 @@ func (d *Daemon) applyFirewall(bypass []netip.AddrPort) error {
 // Disconnect takes the tunnel down and restores routes and DNS. With
 // lockdown on, the firewall keeps blocking.
 func (d *Daemon) Disconnect(ctx context.Context) error {
-	d.setStatus(func(st *control.Status) { st.State = control.StateDisconnecting })
+	d.mu.Lock()
+	gen, _ := d.supersedeLocked()
+	d.target.Connected = false
+	d.setStatusLocked(func(st *control.Status) { st.State = control.StateDisconnecting })
+	d.mu.Unlock()
+	d.persistTarget()
+	d.teardown(ctx, false)
+	d.setStatusIf(gen, func(st *control.Status) { st.State, st.Error = control.StateDisconnected, "" })
+	return nil
+}
+
+// teardown closes the tunnel, removes its routes and DNS and brings the
+// firewall to what is left: lockdown's rules or none.
+func (d *Daemon) teardown(ctx context.Context, meantUp bool) {
 	d.op.Lock()
 	defer d.op.Unlock()
 	d.mu.Lock()
 	cur := d.cur
-	d.cur, d.fastT, d.anonT = nil, nil, nil
+	d.cur = nil
 	dnsOn := d.dnsOn
 	d.dnsOn = false
 	d.mu.Unlock()
 	if cur != nil {
 		cur.Close()
 	}
-	d.cfg.Router.Set(ctx, router.Config{Interface: d.ifname})
+	if err := d.cfg.Router.Set(ctx, router.Config{Interface: d.ifname}); err != nil {
+		d.log.Warn("removing routes", "err", err)
+	}
 	if dnsOn {
-		d.cfg.DNS.Restore()
+		if err := d.cfg.DNS.Restore(); err != nil {
+			d.log.Warn("restoring DNS", "err", err)
+		}
 	}
-	s := d.Settings()
-	if s.Lockdown {
-		d.applyFirewall(nil)
-	} else {
-		d.cfg.Firewall.Remove()
+	if err := d.syncFirewall(meantUp); err != nil {
+		d.log.Warn("firewall", "err", err)
 	}
-	d.setStatus(func(st *control.Status) { st.State, st.Error = control.StateDisconnected, "" })
-	return nil
+}
+
+// persistTarget writes the current target to Config.State.
+func (d *Daemon) persistTarget() {
+	if d.cfg.State == "" {
+		return
+	}
+	d.stateMu.Lock()
+	defer d.stateMu.Unlock()
+	d.mu.Lock()
+	tg := d.target
+	d.mu.Unlock()
+	if err := saveTarget(d.cfg.State, tg); err != nil {
+		d.log.Warn("cannot remember the connection for the next start", "err", err)
+	}
 }
 
 // Gateways lists the gateways in the directory.
 func (d *Daemon) Gateways(ctx context.Context) ([]control.Gateway, error) {
-	doc, err := d.fetcher.Fetch(ctx)
+	doc, err := d.dir.Fetch(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("directory: %w", err)
 	}
@@ -422,7 +636,8 @@ func (d *Daemon) Settings() control.Settings {
 }
 
 // SetSettings stores s (validated by the control server) and applies what
-// can change live: the firewall's lockdown and LAN rules.
+// can change live: the kill switch, lockdown (and its boot ruleset) and
+// the LAN rules.
 func (d *Daemon) SetSettings(ctx context.Context, s control.Settings) error {
 	if err := s.Validate(); err != nil {
 		return fmt.Errorf("%w: %v", control.ErrInvalid, err)
@@ -434,34 +649,18 @@ func (d *Daemon) SetSettings(ctx context.Context, s control.Settings) error {
 	}
 	d.mu.Lock()
 	d.settings = s
-	connected := d.cur != nil
+	meantUp := d.target.Connected
 	d.mu.Unlock()
-	if !connected {
-		if s.Lockdown {
-			return d.applyFirewall(nil)
-		}
-		d.cfg.Firewall.Remove()
-	}
-	return nil
+	return d.syncFirewall(meantUp)
 }
 
 // Stats returns the current tunnel's counters.
 func (d *Daemon) Stats() control.Stats {
 	d.mu.Lock()
-	ft, at := d.fastT, d.anonT
+	cur := d.cur
 	d.mu.Unlock()
-	var s control.Stats
-	switch {
-	case ft != nil:
-		fs := ft.Stats()
-		s.BytesIn, s.BytesOut = fs.BytesIn, fs.BytesOut
-	case at != nil:
-		as := at.Stats()
-		s.BytesIn, s.BytesOut = as.BytesIn, as.BytesOut
-		s.Latency = as.LoopRTTMean
-		s.RealPackets, s.CoverPackets = as.RealSent, as.CoverSent
-		s.LoopsSent, s.LoopsReturned = as.LoopsSent, as.LoopsReturned
-		s.SURBsMade = as.SURBsMade
+	if cur == nil {
+		return control.Stats{}
 	}
-	return s
+	return cur.Stats()
 }

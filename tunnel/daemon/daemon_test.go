@@ -100,7 +100,16 @@ func TestConnectAnonymousAndDisconnect(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatal("no answer through the tunnel")
 	}
-	if s := d.Stats(); s.LoopsSent == 0 || s.BytesOut == 0 {
+	// The watcher reads a real tunnel's progress as it does a fake's.
+	d.checkAlive(time.Hour)
+	d.checkAlive(2 * time.Hour)
+	if st := d.Status(); st.State != control.StateConnected {
+		t.Fatalf("a live anonymous tunnel was judged: %+v", st)
+	}
+	// Loops are a small share of a Poisson stream, so a short run may
+	// have sent none; real packets and reply blocks it must have.
+	if s := d.Stats(); s.Mode != control.ModeAnonymous || s.BytesOut == 0 || s.RealPackets == 0 || s.SURBsMade == 0 ||
+		s.SURBsUsed == 0 || s.SURBStock != s.SURBsMade-s.SURBsUsed {
 		t.Fatalf("stats %+v", s)
 	}
 

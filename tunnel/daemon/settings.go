@@ -7,7 +7,6 @@ import (
 	"io/fs"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/mixvpn/mixvpn/tunnel/control"
@@ -128,37 +127,14 @@ func toFile(s control.Settings) fileSettings {
 	return f
 }
 
-// saveSettings writes s atomically: a temporary file in the same
-// directory, synced, then renamed over the old one, so a crash leaves the
-// old settings or the new, never half of either.
+// saveSettings writes s atomically (see writeAtomic). The settings are
+// no secret, and the desktop app may read them without asking.
 func saveSettings(path string, s control.Settings) error {
 	raw, err := json.MarshalIndent(toFile(s), "", "  ")
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return fmt.Errorf("settings: %w", err)
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".settings-*")
-	if err != nil {
-		return fmt.Errorf("settings: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(append(raw, '\n')); err != nil {
-		tmp.Close()
-		return fmt.Errorf("settings: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("settings: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("settings: %w", err)
-	}
-	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
-		return fmt.Errorf("settings: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
+	if err := writeAtomic(path, append(raw, '\n'), 0o644); err != nil {
 		return fmt.Errorf("settings: %w", err)
 	}
 	return nil

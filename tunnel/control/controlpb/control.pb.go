@@ -35,6 +35,10 @@ const (
 	State_STATE_DISCONNECTING State = 4
 	// STATE_ERROR comes with Status.error saying what went wrong.
 	State_STATE_ERROR State = 5
+	// STATE_RECONNECTING is a tunnel that was up being brought back after
+	// it died or the network changed; Status.error says why. The kill
+	// switch keeps blocking meanwhile.
+	State_STATE_RECONNECTING State = 6
 )
 
 // Enum value maps for State.
@@ -46,6 +50,7 @@ var (
 		3: "STATE_CONNECTED",
 		4: "STATE_DISCONNECTING",
 		5: "STATE_ERROR",
+		6: "STATE_RECONNECTING",
 	}
 	State_value = map[string]int32{
 		"STATE_UNSPECIFIED":   0,
@@ -54,6 +59,7 @@ var (
 		"STATE_CONNECTED":     3,
 		"STATE_DISCONNECTING": 4,
 		"STATE_ERROR":         5,
+		"STATE_RECONNECTING":  6,
 	}
 )
 
@@ -279,7 +285,8 @@ func (*GetStatusRequest) Descriptor() ([]byte, []int) {
 type Status struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	State State                  `protobuf:"varint,1,opt,name=state,proto3,enum=mixvpn.control.v1.State" json:"state,omitempty"`
-	// error says why state is STATE_ERROR.
+	// error says why state is STATE_ERROR, or why the daemon is
+	// reconnecting and how its last attempt went.
 	Error string `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
 	Mode  Mode   `protobuf:"varint,3,opt,name=mode,proto3,enum=mixvpn.control.v1.Mode" json:"mode,omitempty"`
 	// entry and exit are the gateway IDs in use while connected.
@@ -1171,9 +1178,24 @@ type Stats struct {
 	LoopsSent     uint64 `protobuf:"varint,9,opt,name=loops_sent,json=loopsSent,proto3" json:"loops_sent,omitempty"`
 	LoopsReturned uint64 `protobuf:"varint,10,opt,name=loops_returned,json=loopsReturned,proto3" json:"loops_returned,omitempty"`
 	SurbsMade     uint64 `protobuf:"varint,11,opt,name=surbs_made,json=surbsMade,proto3" json:"surbs_made,omitempty"`
-	SurbsUsed     uint64 `protobuf:"varint,12,opt,name=surbs_used,json=surbsUsed,proto3" json:"surbs_used,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// surbs_used counts replies that came back on a SURB.
+	SurbsUsed uint64 `protobuf:"varint,12,opt,name=surbs_used,json=surbsUsed,proto3" json:"surbs_used,omitempty"`
+	// mode is the current tunnel's; MODE_UNSPECIFIED when there is none.
+	Mode Mode `protobuf:"varint,13,opt,name=mode,proto3,enum=mixvpn.control.v1.Mode" json:"mode,omitempty"`
+	// surb_stock estimates the reply blocks the exit holds for the
+	// session: sent less used, an upper bound.
+	SurbStock uint64 `protobuf:"varint,14,opt,name=surb_stock,json=surbStock,proto3" json:"surb_stock,omitempty"`
+	// loops_lost counts loops that did not come back in time.
+	LoopsLost uint64 `protobuf:"varint,15,opt,name=loops_lost,json=loopsLost,proto3" json:"loops_lost,omitempty"`
+	// loop_rtt_p50_us and loop_rtt_p90_us describe recent loop round
+	// trips in microseconds; latency_us is their mean.
+	LoopRttP50Us uint64 `protobuf:"varint,16,opt,name=loop_rtt_p50_us,json=loopRttP50Us,proto3" json:"loop_rtt_p50_us,omitempty"`
+	LoopRttP90Us uint64 `protobuf:"varint,17,opt,name=loop_rtt_p90_us,json=loopRttP90Us,proto3" json:"loop_rtt_p90_us,omitempty"`
+	// last_handshake_unix_ms is Fast mode's: the older of the two hops'
+	// latest WireGuard handshakes; 0 if none.
+	LastHandshakeUnixMs int64 `protobuf:"varint,18,opt,name=last_handshake_unix_ms,json=lastHandshakeUnixMs,proto3" json:"last_handshake_unix_ms,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *Stats) Reset() {
@@ -1290,6 +1312,48 @@ func (x *Stats) GetSurbsUsed() uint64 {
 	return 0
 }
 
+func (x *Stats) GetMode() Mode {
+	if x != nil {
+		return x.Mode
+	}
+	return Mode_MODE_UNSPECIFIED
+}
+
+func (x *Stats) GetSurbStock() uint64 {
+	if x != nil {
+		return x.SurbStock
+	}
+	return 0
+}
+
+func (x *Stats) GetLoopsLost() uint64 {
+	if x != nil {
+		return x.LoopsLost
+	}
+	return 0
+}
+
+func (x *Stats) GetLoopRttP50Us() uint64 {
+	if x != nil {
+		return x.LoopRttP50Us
+	}
+	return 0
+}
+
+func (x *Stats) GetLoopRttP90Us() uint64 {
+	if x != nil {
+		return x.LoopRttP90Us
+	}
+	return 0
+}
+
+func (x *Stats) GetLastHandshakeUnixMs() int64 {
+	if x != nil {
+		return x.LastHandshakeUnixMs
+	}
+	return 0
+}
+
 var File_control_proto protoreflect.FileDescriptor
 
 const file_control_proto_rawDesc = "" +
@@ -1353,7 +1417,7 @@ const file_control_proto_rawDesc = "" +
 	"timeUnixMs\"4\n" +
 	"\x11WatchStatsRequest\x12\x1f\n" +
 	"\vinterval_ms\x18\x01 \x01(\rR\n" +
-	"intervalMs\"\x80\x03\n" +
+	"intervalMs\"\xee\x04\n" +
 	"\x05Stats\x12 \n" +
 	"\ftime_unix_ms\x18\x01 \x01(\x03R\n" +
 	"timeUnixMs\x12\x19\n" +
@@ -1372,14 +1436,23 @@ const file_control_proto_rawDesc = "" +
 	"\n" +
 	"surbs_made\x18\v \x01(\x04R\tsurbsMade\x12\x1d\n" +
 	"\n" +
-	"surbs_used\x18\f \x01(\x04R\tsurbsUsed*\x8b\x01\n" +
+	"surbs_used\x18\f \x01(\x04R\tsurbsUsed\x12+\n" +
+	"\x04mode\x18\r \x01(\x0e2\x17.mixvpn.control.v1.ModeR\x04mode\x12\x1d\n" +
+	"\n" +
+	"surb_stock\x18\x0e \x01(\x04R\tsurbStock\x12\x1d\n" +
+	"\n" +
+	"loops_lost\x18\x0f \x01(\x04R\tloopsLost\x12%\n" +
+	"\x0floop_rtt_p50_us\x18\x10 \x01(\x04R\floopRttP50Us\x12%\n" +
+	"\x0floop_rtt_p90_us\x18\x11 \x01(\x04R\floopRttP90Us\x123\n" +
+	"\x16last_handshake_unix_ms\x18\x12 \x01(\x03R\x13lastHandshakeUnixMs*\xa3\x01\n" +
 	"\x05State\x12\x15\n" +
 	"\x11STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12STATE_DISCONNECTED\x10\x01\x12\x14\n" +
 	"\x10STATE_CONNECTING\x10\x02\x12\x13\n" +
 	"\x0fSTATE_CONNECTED\x10\x03\x12\x17\n" +
 	"\x13STATE_DISCONNECTING\x10\x04\x12\x0f\n" +
-	"\vSTATE_ERROR\x10\x05*?\n" +
+	"\vSTATE_ERROR\x10\x05\x12\x16\n" +
+	"\x12STATE_RECONNECTING\x10\x06*?\n" +
 	"\x04Mode\x12\x14\n" +
 	"\x10MODE_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tMODE_FAST\x10\x01\x12\x12\n" +
@@ -1456,29 +1529,30 @@ var file_control_proto_depIdxs = []int32{
 	1,  // 7: mixvpn.control.v1.Settings.mode:type_name -> mixvpn.control.v1.Mode
 	16, // 8: mixvpn.control.v1.SetSettingsRequest.settings:type_name -> mixvpn.control.v1.Settings
 	5,  // 9: mixvpn.control.v1.Event.status:type_name -> mixvpn.control.v1.Status
-	4,  // 10: mixvpn.control.v1.Control.GetStatus:input_type -> mixvpn.control.v1.GetStatusRequest
-	6,  // 11: mixvpn.control.v1.Control.Connect:input_type -> mixvpn.control.v1.ConnectRequest
-	8,  // 12: mixvpn.control.v1.Control.Disconnect:input_type -> mixvpn.control.v1.DisconnectRequest
-	10, // 13: mixvpn.control.v1.Control.SetMode:input_type -> mixvpn.control.v1.SetModeRequest
-	12, // 14: mixvpn.control.v1.Control.ListGateways:input_type -> mixvpn.control.v1.ListGatewaysRequest
-	15, // 15: mixvpn.control.v1.Control.GetSettings:input_type -> mixvpn.control.v1.GetSettingsRequest
-	17, // 16: mixvpn.control.v1.Control.SetSettings:input_type -> mixvpn.control.v1.SetSettingsRequest
-	18, // 17: mixvpn.control.v1.Control.WatchEvents:input_type -> mixvpn.control.v1.WatchEventsRequest
-	20, // 18: mixvpn.control.v1.Control.WatchStats:input_type -> mixvpn.control.v1.WatchStatsRequest
-	5,  // 19: mixvpn.control.v1.Control.GetStatus:output_type -> mixvpn.control.v1.Status
-	7,  // 20: mixvpn.control.v1.Control.Connect:output_type -> mixvpn.control.v1.ConnectResponse
-	9,  // 21: mixvpn.control.v1.Control.Disconnect:output_type -> mixvpn.control.v1.DisconnectResponse
-	11, // 22: mixvpn.control.v1.Control.SetMode:output_type -> mixvpn.control.v1.SetModeResponse
-	14, // 23: mixvpn.control.v1.Control.ListGateways:output_type -> mixvpn.control.v1.ListGatewaysResponse
-	16, // 24: mixvpn.control.v1.Control.GetSettings:output_type -> mixvpn.control.v1.Settings
-	16, // 25: mixvpn.control.v1.Control.SetSettings:output_type -> mixvpn.control.v1.Settings
-	19, // 26: mixvpn.control.v1.Control.WatchEvents:output_type -> mixvpn.control.v1.Event
-	21, // 27: mixvpn.control.v1.Control.WatchStats:output_type -> mixvpn.control.v1.Stats
-	19, // [19:28] is the sub-list for method output_type
-	10, // [10:19] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	1,  // 10: mixvpn.control.v1.Stats.mode:type_name -> mixvpn.control.v1.Mode
+	4,  // 11: mixvpn.control.v1.Control.GetStatus:input_type -> mixvpn.control.v1.GetStatusRequest
+	6,  // 12: mixvpn.control.v1.Control.Connect:input_type -> mixvpn.control.v1.ConnectRequest
+	8,  // 13: mixvpn.control.v1.Control.Disconnect:input_type -> mixvpn.control.v1.DisconnectRequest
+	10, // 14: mixvpn.control.v1.Control.SetMode:input_type -> mixvpn.control.v1.SetModeRequest
+	12, // 15: mixvpn.control.v1.Control.ListGateways:input_type -> mixvpn.control.v1.ListGatewaysRequest
+	15, // 16: mixvpn.control.v1.Control.GetSettings:input_type -> mixvpn.control.v1.GetSettingsRequest
+	17, // 17: mixvpn.control.v1.Control.SetSettings:input_type -> mixvpn.control.v1.SetSettingsRequest
+	18, // 18: mixvpn.control.v1.Control.WatchEvents:input_type -> mixvpn.control.v1.WatchEventsRequest
+	20, // 19: mixvpn.control.v1.Control.WatchStats:input_type -> mixvpn.control.v1.WatchStatsRequest
+	5,  // 20: mixvpn.control.v1.Control.GetStatus:output_type -> mixvpn.control.v1.Status
+	7,  // 21: mixvpn.control.v1.Control.Connect:output_type -> mixvpn.control.v1.ConnectResponse
+	9,  // 22: mixvpn.control.v1.Control.Disconnect:output_type -> mixvpn.control.v1.DisconnectResponse
+	11, // 23: mixvpn.control.v1.Control.SetMode:output_type -> mixvpn.control.v1.SetModeResponse
+	14, // 24: mixvpn.control.v1.Control.ListGateways:output_type -> mixvpn.control.v1.ListGatewaysResponse
+	16, // 25: mixvpn.control.v1.Control.GetSettings:output_type -> mixvpn.control.v1.Settings
+	16, // 26: mixvpn.control.v1.Control.SetSettings:output_type -> mixvpn.control.v1.Settings
+	19, // 27: mixvpn.control.v1.Control.WatchEvents:output_type -> mixvpn.control.v1.Event
+	21, // 28: mixvpn.control.v1.Control.WatchStats:output_type -> mixvpn.control.v1.Stats
+	20, // [20:29] is the sub-list for method output_type
+	11, // [11:20] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }

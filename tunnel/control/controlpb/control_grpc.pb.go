@@ -48,7 +48,8 @@ type ControlClient interface {
 	// Disconnect tears the tunnel down.
 	Disconnect(ctx context.Context, in *DisconnectRequest, opts ...grpc.CallOption) (*DisconnectResponse, error)
 	// SetMode switches between Fast and Anonymous mode, reconnecting if
-	// connected.
+	// connected. Like Connect it returns once the switch has started;
+	// WatchEvents reports when the tunnel is up in the new mode.
 	SetMode(ctx context.Context, in *SetModeRequest, opts ...grpc.CallOption) (*SetModeResponse, error)
 	// ListGateways lists the entry and exit gateways one can choose.
 	ListGateways(ctx context.Context, in *ListGatewaysRequest, opts ...grpc.CallOption) (*ListGatewaysResponse, error)
@@ -195,7 +196,8 @@ type ControlServer interface {
 	// Disconnect tears the tunnel down.
 	Disconnect(context.Context, *DisconnectRequest) (*DisconnectResponse, error)
 	// SetMode switches between Fast and Anonymous mode, reconnecting if
-	// connected.
+	// connected. Like Connect it returns once the switch has started;
+	// WatchEvents reports when the tunnel is up in the new mode.
 	SetMode(context.Context, *SetModeRequest) (*SetModeResponse, error)
 	// ListGateways lists the entry and exit gateways one can choose.
 	ListGateways(context.Context, *ListGatewaysRequest) (*ListGatewaysResponse, error)

@@ -1,0 +1,502 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.zx2c4.com/wireguard/tun/tuntest"
+
+	"github.com/mixvpn/mixvpn/mixnet/directory"
+	"github.com/mixvpn/mixvpn/platform/dns"
+	"github.com/mixvpn/mixvpn/platform/firewall"
+	"github.com/mixvpn/mixvpn/platform/router"
+	"github.com/mixvpn/mixvpn/tunnel/control"
+)
+
+// These tests drive the daemon with fakes all round: the platform's
+// fakes, a network monitor the test fires, tunnels that come up at once
+// (or fail) and count what the test says, and clocks the test sets. The
+// watcher's own ticks are an hour apart, so checks happen when a test
+// calls d.check, never behind its back.
+
+// fakeTunnel is a tunnel whose progress counters the test sets.
+type fakeTunnel struct {
+	tg          target
+	sent, heard atomic.Uint64
+	closed      atomic.Bool
+}
+
+func (f *fakeTunnel) Up(context.Context) error { return nil }
+func (f *fakeTunnel) Close() error             { f.closed.Store(true); return nil }
+func (f *fakeTunnel) Info() ([]netip.Prefix, string, string) {
+	return []netip.Prefix{netip.MustParsePrefix("10.64.0.2/32")}, "entry1", "exit1"
+}
+func (f *fakeTunnel) Stats() control.Stats {
+	return control.Stats{Mode: f.tg.Mode, BytesOut: f.sent.Load(), BytesIn: f.heard.Load()}
+}
+func (f *fakeTunnel) Progress() (uint64, uint64) { return f.sent.Load(), f.heard.Load() }
+
+// fakeNet opens fakeTunnels, failing the next fail attempts.
+type fakeNet struct {
+	mu      sync.Mutex
+	fail    int
+	tunnels []*fakeTunnel
+}
+
+func (n *fakeNet) open(_ context.Context, tg target, _ *directory.Document, _ control.Settings) (modeTunnel, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.fail > 0 {
+		n.fail--
+		return nil, errors.New("entry1 did not answer")
+	}
+	t := &fakeTunnel{tg: tg}
+	n.tunnels = append(n.tunnels, t)
+	return t, nil
+}
+
+func (n *fakeNet) setFail(k int) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.fail = k
+}
+
+func (n *fakeNet) opened() []*fakeTunnel {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return append([]*fakeTunnel(nil), n.tunnels...)
+}
+
+// fakeClock is a pair of clocks the test moves.
+type fakeClock struct {
+	mu   sync.Mutex
+	wall time.Time
+	mono time.Duration
+}
+
+func (c *fakeClock) now() (time.Time, time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.wall, c.mono
+}
+
+// advance moves the wall clock by wall and the monotonic one by mono.
+func (c *fakeClock) advance(wall, mono time.Duration) (time.Time, time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.wall, c.mono = c.wall.Add(wall), c.mono+mono
+	return c.wall, c.mono
+}
+
+type rig struct {
+	d      *Daemon
+	rt     *router.Fake
+	fw     *firewall.Fake
+	mon    *router.FakeMonitor
+	net    *fakeNet
+	clk    *fakeClock
+	events <-chan control.Event
+	dir    string
+}
+
+var testDoc = &directory.Document{Nodes: []directory.Descriptor{
+	{ID: "entry1", Role: directory.RoleEntry, Address: "192.0.2.11:1789"},
+	{ID: "exit1", Role: directory.RoleExit, Address: "192.0.2.51:1789"},
+}}
+
+// newRig runs a daemon with its files in dir (a fresh one if empty) and
+// settings preset there, stopping it when the test ends.
+func newRig(t *testing.T, dir, settings string) *rig {
+	t.Helper()
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	if settings != "" {
+		if err := os.WriteFile(filepath.Join(dir, "system.json"), []byte(settings), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := &rig{rt: &router.Fake{}, fw: &firewall.Fake{}, mon: &router.FakeMonitor{}, net: &fakeNet{},
+		clk: &fakeClock{wall: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}, dir: dir}
+	d, err := New(Config{
+		Device: tuntest.NewChannelTUN().TUN(), DirectoryURL: "http://192.0.2.2:8080", DirectoryKey: make([]byte, 32),
+		SystemSettings: filepath.Join(dir, "system.json"), Settings: filepath.Join(dir, "settings.json"),
+		State: filepath.Join(dir, "state.json"), LockdownRuleset: filepath.Join(dir, "lockdown.nft"),
+		Router: r.rt, DNS: &dns.Fake{}, Firewall: r.fw, Monitor: r.mon,
+		Reconnect: ReconnectConfig{CheckInterval: time.Hour, DeadAfter: 20 * time.Second, Settle: time.Millisecond, RetryMin: time.Millisecond, RetryMax: 5 * time.Millisecond},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.dir = directory.Static{Doc: testDoc}
+	d.open = r.net.open
+	d.clock = r.clk
+	r.d = d
+	var stop func()
+	r.events, stop = d.Subscribe()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		stop()
+	})
+	return r
+}
+
+// watching waits until the watcher listens to the monitor, which Run
+// starts after it has decided whether to connect.
+func (r *rig) watching(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !r.mon.Watched() {
+		if time.Now().After(deadline) {
+			t.Fatal("the daemon never watched the network")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// until waits for a status that satisfies ok and returns it.
+func (r *rig) until(t *testing.T, what string, ok func(control.Status) bool) control.Status {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case ev := <-r.events:
+			if ok(ev.Status) {
+				return ev.Status
+			}
+		case <-timeout:
+			t.Fatalf("never %s; status %+v", what, r.d.Status())
+		}
+	}
+}
+
+func (r *rig) untilState(t *testing.T, want control.State) control.Status {
+	t.Helper()
+	return r.until(t, want.String(), func(s control.Status) bool {
+		if s.State == control.StateError && want != control.StateError {
+			t.Fatalf("error: %s", s.Error)
+		}
+		return s.State == want
+	})
+}
+
+// connect connects in fast mode and returns the tunnel.
+func (r *rig) connect(t *testing.T) *fakeTunnel {
+	t.Helper()
+	if err := r.d.Connect(t.Context(), control.ModeFast, "", ""); err != nil {
+		t.Fatal(err)
+	}
+	r.untilState(t, control.StateConnected)
+	ts := r.net.opened()
+	return ts[len(ts)-1]
+}
+
+// killSwitchStayedOn checks that the firewall was never removed since
+// removes were counted, and is on now.
+func (r *rig) killSwitchStayedOn(t *testing.T, removes int) {
+	t.Helper()
+	if n := r.fw.Removes(); n != removes {
+		t.Fatalf("the kill switch came down %d times", n-removes)
+	}
+	if p, on := r.fw.Active(); !on || p.Interface == "" {
+		t.Fatalf("kill switch %+v %v", p, on)
+	}
+}
+
+func TestReconnectWhenTheNetworkChanges(t *testing.T) {
+	r := newRig(t, "", `{"kill_switch": true}`)
+	r.watching(t)
+	first := r.connect(t)
+	removes := r.fw.Removes()
+
+	if !r.mon.Change("eth0 went down") {
+		t.Fatal("the monitor's change was not taken")
+	}
+	st := r.untilState(t, control.StateReconnecting)
+	if !strings.Contains(st.Error, "eth0 went down") || st.Mode != control.ModeFast {
+		t.Fatalf("reconnecting status %+v", st)
+	}
+	r.untilState(t, control.StateConnected)
+	ts := r.net.opened()
+	if len(ts) != 2 || !first.closed.Load() || ts[1].closed.Load() || ts[1].tg.Mode != control.ModeFast {
+		t.Fatalf("tunnels after reconnecting: %d, first closed %v", len(ts), first.closed.Load())
+	}
+	r.killSwitchStayedOn(t, removes)
+	if rc, ok := r.rt.Current(); !ok || rc.Interface == "" || !rc.RouteIPv4 {
+		t.Fatalf("routes after reconnecting %+v", rc)
+	}
+}
+
+// Attempts that fail are retried, and a network change cuts the wait
+// short: the wait here is an hour, so only the change can end it.
+func TestReconnectRetriesUntilTheNetworkIsBack(t *testing.T) {
+	r := newRig(t, "", `{"kill_switch": true}`)
+	r.d.rc.RetryMin, r.d.rc.RetryMax = time.Hour, time.Hour
+	r.watching(t)
+	r.connect(t)
+	removes := r.fw.Removes()
+
+	r.net.setFail(1)
+	r.mon.Change("eth0 went down")
+	r.until(t, "told of a failed attempt", func(s control.Status) bool {
+		return s.State == control.StateReconnecting && strings.Contains(s.Error, "attempt 1 failed: entry1 did not answer")
+	})
+	r.killSwitchStayedOn(t, removes)
+	r.mon.Change("IPv4 default route via eth0 added")
+	r.untilState(t, control.StateConnected)
+	if n := len(r.net.opened()); n != 2 {
+		t.Fatalf("%d tunnels opened, want 2", n)
+	}
+	r.killSwitchStayedOn(t, removes)
+}
+
+func TestReconnectWhenTheTunnelIsDead(t *testing.T) {
+	r := newRig(t, "", `{"kill_switch": true}`)
+	r.watching(t)
+	tun := r.connect(t)
+	removes := r.fw.Removes()
+	minute := func() { r.d.check(r.clk.advance(time.Minute, time.Minute)) }
+	// A reconnect would open a second tunnel: as long as there is one,
+	// the daemon has judged nothing.
+	judged := func() bool { return len(r.net.opened()) != 1 }
+	minute()
+
+	// Idle for an hour: nothing sent, nothing expected back.
+	for range 60 {
+		minute()
+	}
+	if judged() {
+		t.Fatal("an idle tunnel was judged dead")
+	}
+	// Answered traffic is alive however long it lasts.
+	for range 5 {
+		tun.sent.Add(1000)
+		tun.heard.Add(100)
+		minute()
+	}
+	if judged() {
+		t.Fatal("a live tunnel was judged dead")
+	}
+	// Sending into silence for DeadAfter is dead.
+	tun.sent.Add(1000)
+	r.d.check(r.clk.advance(time.Second, time.Second))
+	r.d.check(r.clk.advance(19*time.Second, 19*time.Second))
+	if judged() {
+		t.Fatal("judged dead before DeadAfter")
+	}
+	r.d.check(r.clk.advance(time.Second, time.Second))
+	r.until(t, "reconnecting after 20 s of silence", func(s control.Status) bool {
+		return s.State == control.StateReconnecting && strings.Contains(s.Error, "no answer for 20s")
+	})
+	r.untilState(t, control.StateConnected)
+	if !tun.closed.Load() || len(r.net.opened()) != 2 {
+		t.Fatal("the dead tunnel was not replaced")
+	}
+	r.killSwitchStayedOn(t, removes)
+}
+
+func TestReconnectAfterSleep(t *testing.T) {
+	r := newRig(t, "", `{"kill_switch": true}`)
+	r.watching(t)
+	r.d.check(r.clk.advance(0, 0))
+	// Disconnected, waking up changes nothing.
+	r.d.check(r.clk.advance(time.Hour, 2*time.Second))
+	if st := r.d.Status(); st.State != control.StateDisconnected {
+		t.Fatalf("status after waking disconnected: %+v", st)
+	}
+	r.connect(t)
+	// Clocks in step, however far they go: no sleep.
+	r.d.check(r.clk.advance(time.Hour, time.Hour))
+	if n := len(r.net.opened()); n != 1 {
+		t.Fatalf("reconnected without a sleep: %d tunnels", n)
+	}
+	// The wall clock gained an hour on the monotonic one: the machine slept.
+	r.d.check(r.clk.advance(time.Hour+2*time.Second, 2*time.Second))
+	r.until(t, "reconnecting after a sleep", func(s control.Status) bool {
+		return s.State == control.StateReconnecting && strings.Contains(s.Error, "woke up from about 1h0m0s of sleep")
+	})
+	r.untilState(t, control.StateConnected)
+	if n := len(r.net.opened()); n != 2 {
+		t.Fatalf("%d tunnels after waking, want 2", n)
+	}
+}
+
+// A daemon that was connected when it died comes back connected, in the
+// mode and with the gateways the user chose; one the user disconnected
+// comes back disconnected.
+func TestComesBackAfterCrash(t *testing.T) {
+	dir := t.TempDir()
+	a := newRig(t, dir, `{"kill_switch": true}`)
+	if err := a.d.Connect(t.Context(), control.ModeAnonymous, "DE", ""); err != nil {
+		t.Fatal(err)
+	}
+	a.untilState(t, control.StateConnected)
+	if fi, err := os.Stat(filepath.Join(dir, "state.json")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("state file: %v %v", fi, err)
+	}
+
+	// A second daemon on the same files, as after kill -9 and a restart:
+	// the first never got to stop.
+	b := newRig(t, dir, "")
+	b.untilState(t, control.StateConnected)
+	ts := b.net.opened()
+	if len(ts) != 1 || ts[0].tg != (target{Connected: true, Mode: control.ModeAnonymous, Entry: "DE"}) {
+		t.Fatalf("restored %+v", ts)
+	}
+	if _, on := b.fw.Active(); !on {
+		t.Fatal("no kill switch while coming back")
+	}
+	if err := b.d.Disconnect(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+
+	c := newRig(t, dir, "")
+	c.watching(t) // Run has decided by now
+	if st := c.d.Status(); st.State != control.StateDisconnected || len(c.net.opened()) != 0 {
+		t.Fatalf("after a disconnect the daemon came back %+v", st)
+	}
+	if _, on := c.fw.Active(); on {
+		t.Fatal("kill switch on while disconnected, without lockdown")
+	}
+}
+
+func TestAutoConnect(t *testing.T) {
+	r := newRig(t, "", `{"auto_connect": true, "mode": "anonymous", "exit": "CH"}`)
+	st := r.untilState(t, control.StateConnected)
+	if ts := r.net.opened(); st.Mode != control.ModeAnonymous || len(ts) != 1 || ts[0].tg.Exit != "CH" {
+		t.Fatalf("auto-connected %+v, tunnels %d", st, len(ts))
+	}
+}
+
+// Lockdown keeps a kill switch up all the time, allowing only the
+// directory while disconnected, and keeps the boot ruleset in step.
+func TestLockdownBootRuleset(t *testing.T) {
+	r := newRig(t, "", `{"lockdown": true, "kill_switch": false}`)
+	r.watching(t)
+	boot := filepath.Join(r.dir, "lockdown.nft")
+	allows := func() map[netip.AddrPort]bool {
+		t.Helper()
+		p, on := r.fw.Active()
+		if !on {
+			t.Fatal("lockdown without a firewall")
+		}
+		want, err := firewall.Render(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(boot)
+		if err != nil || string(got) != want {
+			t.Fatalf("boot ruleset %v:\n%s\nwant\n%s", err, got, want)
+		}
+		if fi, _ := os.Stat(boot); fi.Mode().Perm() != 0o600 {
+			t.Fatalf("boot ruleset mode %v", fi.Mode())
+		}
+		m := map[netip.AddrPort]bool{}
+		for _, e := range p.Endpoints {
+			m[e.Addr] = true
+		}
+		return m
+	}
+	dirAP, entryAP := netip.MustParseAddrPort("192.0.2.2:8080"), netip.MustParseAddrPort("192.0.2.11:1789")
+	if a := allows(); len(a) != 1 || !a[dirAP] {
+		t.Fatalf("disconnected lockdown allows %v", a)
+	}
+	r.connect(t)
+	if a := allows(); len(a) != 2 || !a[dirAP] || !a[entryAP] {
+		t.Fatalf("connected lockdown allows %v", a)
+	}
+	if err := r.d.Disconnect(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if a := allows(); len(a) != 1 {
+		t.Fatalf("lockdown after disconnecting allows %v", a)
+	}
+	if r.fw.Removes() != 0 {
+		t.Fatal("lockdown came down")
+	}
+	s := r.d.Settings()
+	s.Lockdown = false
+	if err := r.d.SetSettings(t.Context(), s); err != nil {
+		t.Fatal(err)
+	}
+	if _, on := r.fw.Active(); on {
+		t.Fatal("firewall on after lockdown went off, disconnected")
+	}
+	if _, err := os.Stat(boot); !os.IsNotExist(err) {
+		t.Fatalf("boot ruleset left after lockdown went off: %v", err)
+	}
+}
+
+func TestSetMode(t *testing.T) {
+	r := newRig(t, "", "")
+	r.watching(t)
+	// Disconnected, the mode is recorded for the next connection.
+	if err := r.d.SetMode(t.Context(), control.ModeAnonymous); err != nil {
+		t.Fatal(err)
+	}
+	if st := r.d.Status(); st.State != control.StateDisconnected || st.Mode != control.ModeAnonymous || len(r.net.opened()) != 0 {
+		t.Fatalf("after mode while disconnected: %+v", st)
+	}
+	if s, err := loadSettings(filepath.Join(r.dir, "settings.json")); err != nil || s.Mode != control.ModeAnonymous {
+		t.Fatalf("stored mode %v %v", s.Mode, err)
+	}
+	if err := r.d.Connect(t.Context(), control.ModeUnspecified, "", ""); err != nil {
+		t.Fatal(err)
+	}
+	if st := r.untilState(t, control.StateConnected); st.Mode != control.ModeAnonymous {
+		t.Fatalf("connected in %v", st.Mode)
+	}
+	// Connected, it switches live, through the gateways in use, but
+	// remembers the user's choice (any) for later connections.
+	if err := r.d.SetMode(t.Context(), control.ModeFast); err != nil {
+		t.Fatal(err)
+	}
+	st := r.until(t, "connected in fast mode", func(s control.Status) bool { return s.State == control.StateConnected && s.Mode == control.ModeFast })
+	ts := r.net.opened()
+	if len(ts) != 2 || !ts[0].closed.Load() || ts[1].tg != (target{Connected: true, Mode: control.ModeFast, Entry: "entry1", Exit: "exit1"}) {
+		t.Fatalf("after switching: %+v, %d tunnels", st, len(ts))
+	}
+	if tg, err := loadTarget(filepath.Join(r.dir, "state.json")); err != nil || tg != (target{Connected: true, Mode: control.ModeFast}) {
+		t.Fatalf("remembered %+v %v", tg, err)
+	}
+	if s := r.d.Stats(); s.Mode != control.ModeFast {
+		t.Fatalf("stats of the fast tunnel %+v", s)
+	}
+}
+
+func TestLiveness(t *testing.T) {
+	var l liveness
+	const dead = 20 * time.Second
+	steps := []struct {
+		at          time.Duration
+		sent, heard uint64
+		dead        bool
+	}{
+		{0, 0, 0, false},
+		{time.Hour, 0, 0, false},                // idle
+		{time.Hour + time.Second, 10, 0, false}, // sending: the clock starts
+		{time.Hour + 20*time.Second, 20, 0, false},
+		{time.Hour + 21*time.Second, 30, 0, true},
+		{time.Hour + 22*time.Second, 30, 5, false}, // an answer: alive again
+		{2 * time.Hour, 30, 5, false},
+	}
+	for i, s := range steps {
+		if _, got := l.observe(s.at, s.sent, s.heard, dead); got != s.dead {
+			t.Fatalf("step %d: dead %v, want %v", i, got, s.dead)
+		}
+	}
+}
