@@ -364,7 +364,7 @@ func fastStockExit(t *testing.T, st devnetState) {
 
 	// Listed: both hops, a hash-checked download, and the stock exit sees
 	// the entry, not the client.
-	if tn, err = byoTunnel(t, byo, dir, "mvbyo1", entryConf, exitConf(listed), 20*time.Second); err != nil {
+	if _, err = byoTunnel(t, byo, dir, "mvbyo1", entryConf, exitConf(listed), 20*time.Second); err != nil {
 		t.Fatalf("through the listed stock exit: %v", err)
 	}
 	cmdOK(t, "ip", "-n", byo.NS, "route", "add", inet.String()+"/32", "dev", "mvbyo1")
