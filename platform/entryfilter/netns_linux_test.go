@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/mixvpn/mixvpn/platform/netns"
+	"github.com/mixvpn/mixvpn/platform/netns/netnstest"
 )
 
 // The test builds its own network: a client joined to the entry by a veth
@@ -43,18 +44,8 @@ func buildNet(t *testing.T) *testNet {
 	if _, err := exec.LookPath("nft"); err != nil {
 		t.Skip("needs nft from the nftables package (make deps installs it)")
 	}
-	lab, err := netns.NewLab("mvef")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := lab.Close(); err != nil {
-			t.Error(err)
-		}
-		if left := netns.Leftovers(lab.ID()); len(left) != 0 {
-			t.Errorf("namespaces left: %v", left)
-		}
-	})
+	lab := netnstest.Lab(t, "mvef")
+	var err error
 	n := &testNet{}
 	for _, h := range []struct {
 		name string

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/mixvpn/mixvpn/platform/netns"
+	"github.com/mixvpn/mixvpn/platform/netns/netnstest"
 )
 
 // These tests run the firewall in namespaces they make, never in the
@@ -38,18 +39,7 @@ func needRoot(t *testing.T) {
 // pass or fail.
 func newLab(t *testing.T) *netns.Lab {
 	t.Helper()
-	lab, err := netns.NewLab("mvfw")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := lab.Close(); err != nil {
-			t.Error(err)
-		}
-		if left := netns.Leftovers(lab.ID()); len(left) != 0 {
-			t.Errorf("namespaces left: %v", left)
-		}
-	})
+	lab := netnstest.Lab(t, "mvfw")
 	return lab
 }
 

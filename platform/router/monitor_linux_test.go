@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mixvpn/mixvpn/platform/netns"
+	"github.com/mixvpn/mixvpn/platform/netns/netnstest"
 )
 
 // The monitor runs in a namespace of its own with a veth that carries the
@@ -21,18 +21,7 @@ func TestMonitorSeesTheDefaultRouteLink(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to create network namespaces")
 	}
-	lab, err := netns.NewLab("mvmon")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := lab.Close(); err != nil {
-			t.Error(err)
-		}
-		if left := netns.Leftovers(lab.ID()); len(left) != 0 {
-			t.Errorf("namespaces left: %v", left)
-		}
-	})
+	lab := netnstest.Lab(t, "mvmon")
 	client, err := lab.AddHost("c")
 	if err != nil {
 		t.Fatal(err)

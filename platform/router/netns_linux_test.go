@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/mixvpn/mixvpn/platform/netns"
+	"github.com/mixvpn/mixvpn/platform/netns/netnstest"
 	"golang.zx2c4.com/wireguard/tun"
 )
 
@@ -56,18 +57,8 @@ func setup(t *testing.T) *fixture {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to create network namespaces and a TUN device")
 	}
-	lab, err := netns.NewLab("mvrt")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := lab.Close(); err != nil {
-			t.Error(err)
-		}
-		if left := netns.Leftovers(lab.ID()); len(left) != 0 {
-			t.Errorf("namespaces left: %v", left)
-		}
-	})
+	lab := netnstest.Lab(t, "mvrt")
+	var err error
 	f := &fixture{}
 	if f.client, err = lab.AddHost("c"); err != nil {
 		t.Fatal(err)

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mixvpn/mixvpn/platform/netns"
+	"github.com/mixvpn/mixvpn/platform/netns/netnstest"
 )
 
 // The boot ruleset the daemon writes under lockdown is what
@@ -26,18 +26,7 @@ func TestBootRulesetLoadsAndBlocks(t *testing.T) {
 	if _, err := exec.LookPath("nft"); err != nil {
 		t.Skip("needs nft from the nftables package (make deps installs it)")
 	}
-	lab, err := netns.NewLab("mvld")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := lab.Close(); err != nil {
-			t.Error(err)
-		}
-		if left := netns.Leftovers(lab.ID()); len(left) != 0 {
-			t.Errorf("namespaces left: %v", left)
-		}
-	})
+	lab := netnstest.Lab(t, "mvld")
 	client, err := lab.AddHost("c")
 	if err != nil {
 		t.Fatal(err)
