@@ -542,16 +542,7 @@ var (
 // absolute sequence numbers and epoch timestamps.
 func captureLinkSegments(t *testing.T, st devnetState) (stop func() []linkSegment) {
 	t.Helper()
-	out, err := exec.Command("ip", "netns", "exec", st.ns("client"), "ip", "-o", "link", "show").Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var iface string
-	for _, l := range strings.Split(string(out), "\n") {
-		if f := strings.Fields(l); len(f) > 1 && !strings.HasPrefix(f[1], "lo") && !strings.HasPrefix(f[1], "mvpn") {
-			iface = strings.TrimSuffix(strings.Split(f[1], "@")[0], ":")
-		}
-	}
+	iface := outerIface(t, st)
 	pcap := filepath.Join(t.TempDir(), "link.pcap")
 	cmd := exec.Command("ip", "netns", "exec", st.ns("client"), "tcpdump", "-i", iface, "-nn", "-U", "-w", pcap, "tcp")
 	if err := cmd.Start(); err != nil {
