@@ -6,15 +6,20 @@ package tunnel
 
 import (
 	"errors"
+	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	"golang.zx2c4.com/wireguard/tun"
 )
 
 // Shared reads one device on behalf of whichever lease is current. Packets
 // read while no lease is current are dropped: while the daemon switches
-// modes, nothing goes out unencrypted, it goes nowhere.
+// modes, nothing goes out unencrypted, it goes nowhere. A lease passes on
+// only packets from the addresses its holder was given (Lease.Allow);
+// TCP segments from any other source, left over from an earlier tunnel,
+// are answered with a reset so their applications reconnect.
 type Shared struct {
 	dev tun.Device
 
@@ -22,6 +27,9 @@ type Shared struct {
 	current *Lease
 	dropped uint64
 	done    chan struct{}
+
+	refused atomic.Uint64
+	resets  atomic.Uint64
 }
 
 type batch struct {
@@ -113,6 +121,10 @@ func (s *Shared) Dropped() uint64 {
 	return s.dropped
 }
 
+// Refused counts packets a lease would not pass on because their source
+// was not one of its addresses, and Resets the TCP resets sent for them.
+func (s *Shared) Refused() (refused, resets uint64) { return s.refused.Load(), s.resets.Load() }
+
 // Device is the underlying device, for its name and MTU.
 func (s *Shared) Device() tun.Device { return s.dev }
 
@@ -130,6 +142,12 @@ type Lease struct {
 	s      *Shared
 	in     chan *batch
 	events chan tun.Event
+	// allow is what the holder may send from; nil passes nothing, so a
+	// tunnel still coming up cannot be handed packets of the last one.
+	allow atomic.Pointer[sources]
+	// rst is where resets are built; only Read uses it, and a lease has
+	// one reader.
+	rst [1][]byte
 
 	mu       sync.Mutex
 	closed   chan struct{}
@@ -170,9 +188,14 @@ func (l *Lease) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 		}
 		return 0, os.ErrClosed
 	}
+	allow := l.allow.Load()
 	n := 0
 	for i := range b.n {
 		p := b.bufs[i][readOffset : readOffset+b.sizes[i]]
+		if !allow.owns(p) {
+			l.refuse(p, allow != nil)
+			continue
+		}
 		if n == len(bufs) || len(bufs[n])-offset < len(p) {
 			continue
 		}
@@ -181,6 +204,31 @@ func (l *Lease) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	}
 	b.back <- b
 	return n, nil
+}
+
+// Allow sets the addresses the holder may send from: its inner addresses,
+// once it has them. Until then it is handed nothing.
+func (l *Lease) Allow(addrs []netip.Addr) { l.allow.Store(newSources(addrs)) }
+
+// refuse drops p and, with reset, answers a TCP segment with a reset
+// written straight back into the device. One reset per refused segment,
+// never more, so a local application cannot make the lease write more
+// than it reads. A lease without addresses yet resets nothing: a
+// reconnect in the same mode may well get the same addresses back, and
+// its connections should live on.
+func (l *Lease) refuse(p []byte, reset bool) {
+	l.s.refused.Add(1)
+	if !reset {
+		return
+	}
+	if l.rst[0] == nil {
+		l.rst[0] = make([]byte, readOffset+maxReset)
+	}
+	if n := resetFor(p, l.rst[0], readOffset); n > 0 {
+		if _, err := l.s.dev.Write([][]byte{l.rst[0][:readOffset+n]}, readOffset); err == nil {
+			l.s.resets.Add(1)
+		}
+	}
 }
 
 // Write writes packets to the device while the lease is current.

@@ -3,6 +3,7 @@ package tunnel
 import (
 	"bytes"
 	"errors"
+	"net/netip"
 	"os"
 	"testing"
 	"time"
@@ -36,13 +37,32 @@ func readOne(t *testing.T, l *Lease) ([]byte, error) {
 	}
 }
 
+// Addresses of the tests' packets: the holder's own, and the far end.
+var (
+	mine   = netip.MustParseAddr("100.64.0.2")
+	remote = netip.MustParseAddr("198.51.100.80")
+)
+
+// packet is an IP packet from the lease holder's address, carrying tag.
+func packet(tag string) []byte {
+	p := tuntest.Ping(remote, mine)
+	return append(p[:len(p):len(p)], tag...)
+}
+
+// leaseFor takes a lease that may send from mine.
+func leaseFor(s *Shared) *Lease {
+	l := s.Lease()
+	l.Allow([]netip.Addr{mine})
+	return l
+}
+
 func TestLeasesTakeTurns(t *testing.T) {
 	ch := tuntest.NewChannelTUN()
 	s := NewShared(ch.TUN())
 	defer s.Close()
 
 	// Without a lease, packets are dropped, not queued for the next one.
-	ch.Outbound <- []byte("early")
+	ch.Outbound <- packet("early")
 	deadline := time.Now().Add(5 * time.Second)
 	for s.Dropped() != 1 {
 		if time.Now().After(deadline) {
@@ -51,9 +71,9 @@ func TestLeasesTakeTurns(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 
-	a := s.Lease()
-	ch.Outbound <- []byte("for a")
-	if p, err := readOne(t, a); err != nil || string(p) != "for a" {
+	a := leaseFor(s)
+	ch.Outbound <- packet("for a")
+	if p, err := readOne(t, a); err != nil || !bytes.Equal(p, packet("for a")) {
 		t.Fatalf("lease a read %q, %v", p, err)
 	}
 	// The channel device's Write waits for its reader.
@@ -71,24 +91,24 @@ func TestLeasesTakeTurns(t *testing.T) {
 
 	// A new lease ends the old one: its reads and writes fail, and the
 	// device keeps working for the new holder.
-	b := s.Lease()
+	b := leaseFor(s)
 	if _, err := readOne(t, a); !errors.Is(err, os.ErrClosed) {
 		t.Fatalf("old lease read: %v", err)
 	}
 	if _, err := a.Write([][]byte{[]byte("xxxxlate")}, 4); !errors.Is(err, os.ErrClosed) {
 		t.Fatalf("old lease write: %v", err)
 	}
-	ch.Outbound <- []byte("for b")
-	if p, err := readOne(t, b); err != nil || string(p) != "for b" {
+	ch.Outbound <- packet("for b")
+	if p, err := readOne(t, b); err != nil || !bytes.Equal(p, packet("for b")) {
 		t.Fatalf("lease b read %q, %v", p, err)
 	}
 	b.Close()
 	if _, err := readOne(t, b); !errors.Is(err, os.ErrClosed) {
 		t.Fatalf("closed lease read: %v", err)
 	}
-	c := s.Lease()
-	ch.Outbound <- []byte("for c")
-	if p, err := readOne(t, c); err != nil || string(p) != "for c" {
+	c := leaseFor(s)
+	ch.Outbound <- packet("for c")
+	if p, err := readOne(t, c); err != nil || !bytes.Equal(p, packet("for c")) {
 		t.Fatalf("lease c read %q, %v", p, err)
 	}
 	if name, err := c.Name(); err != nil || name == "" {

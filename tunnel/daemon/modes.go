@@ -8,6 +8,7 @@ import (
 	"github.com/mixvpn/mixvpn/mixnet/client"
 	"github.com/mixvpn/mixvpn/mixnet/directory"
 	"github.com/mixvpn/mixvpn/platform/router"
+	"github.com/mixvpn/mixvpn/tunnel"
 	"github.com/mixvpn/mixvpn/tunnel/anon"
 	"github.com/mixvpn/mixvpn/tunnel/control"
 	"github.com/mixvpn/mixvpn/tunnel/fast"
@@ -43,20 +44,22 @@ func (d *Daemon) newTunnel(ctx context.Context, tg target, doc *directory.Docume
 			return nil, err
 		}
 		fc.FwMark = router.FwMark
-		t, err := fast.New(fc, d.shared.Lease())
+		lease := d.shared.Lease()
+		t, err := fast.New(fc, lease)
 		if err != nil {
 			return nil, err
 		}
-		return &fastMode{Tunnel: t, addrs: fc.InnerAddrs, entry: joined.EntryID, exit: joined.ExitID}, nil
+		return &fastMode{Tunnel: t, lease: lease, addrs: fc.InnerAddrs, entry: joined.EntryID, exit: joined.ExitID}, nil
 	case control.ModeAnonymous:
+		lease := d.shared.Lease()
 		t, err := anon.New(anon.Config{Logger: d.log, Connect: client.ConnectConfig{
 			DirectoryURL: d.cfg.DirectoryURL, DirectoryKey: d.cfg.DirectoryKey, Document: doc, Entry: tg.Entry, Exit: tg.Exit,
 			Client: client.Config{Rate: s.MixRate, LoopRate: s.LoopRate, MeanDelay: s.MeanDelay},
-		}}, d.shared.Lease())
+		}}, lease)
 		if err != nil {
 			return nil, err
 		}
-		return &anonMode{t}, nil
+		return &anonMode{Tunnel: t, lease: lease}, nil
 	}
 	return nil, fmt.Errorf("unknown mode %v", tg.Mode)
 }
@@ -64,8 +67,28 @@ func (d *Daemon) newTunnel(ctx context.Context, tg target, doc *directory.Docume
 // fastMode is a Fast-mode tunnel with what Join said about it.
 type fastMode struct {
 	*fast.Tunnel
+	lease       *tunnel.Lease
 	addrs       []netip.Prefix
 	entry, exit string
+}
+
+// Up brings the tunnel up and then lets it carry packets from its own
+// addresses, and only those.
+func (f *fastMode) Up(ctx context.Context) error {
+	if err := f.Tunnel.Up(ctx); err != nil {
+		return err
+	}
+	f.lease.Allow(prefixAddrs(f.addrs))
+	return nil
+}
+
+// prefixAddrs is the addresses of ps.
+func prefixAddrs(ps []netip.Prefix) []netip.Addr {
+	out := make([]netip.Addr, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, p.Addr())
+	}
+	return out
 }
 
 func (f *fastMode) Info() ([]netip.Prefix, string, string) { return f.addrs, f.entry, f.exit }
@@ -93,7 +116,21 @@ func (f *fastMode) Progress() (uint64, uint64) {
 }
 
 // anonMode is an Anonymous-mode tunnel.
-type anonMode struct{ *anon.Tunnel }
+type anonMode struct {
+	*anon.Tunnel
+	lease *tunnel.Lease
+}
+
+// Up opens the session, which gives the tunnel its addresses, and then
+// lets it carry packets from those, and only those.
+func (a *anonMode) Up(ctx context.Context) error {
+	if err := a.Tunnel.Up(ctx); err != nil {
+		return err
+	}
+	v4, v6 := a.Addrs()
+	a.lease.Allow([]netip.Addr{v4, v6})
+	return nil
+}
 
 func (a *anonMode) Info() ([]netip.Prefix, string, string) {
 	v4, v6 := a.Addrs()
