@@ -10,6 +10,7 @@ import (
 	"os"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -114,6 +115,10 @@ func (f *fixture) newRouter(t *testing.T) Router {
 func (f *fixture) state(t *testing.T) string {
 	t.Helper()
 	qdisc := regexp.MustCompile(`qdisc \S+ `)
+	// A veth's IPv6 link-local address enters the local table once its
+	// duplicate address detection ends, whenever that is: the kernel's
+	// doing, not the router's.
+	linkLocal := regexp.MustCompile(`(?m)^local fe80::\S* dev .*\n`)
 	var b strings.Builder
 	for _, args := range [][]string{
 		{"-4", "rule"}, {"-6", "rule"},
@@ -127,6 +132,7 @@ func (f *fixture) state(t *testing.T) string {
 		// The kernel gives a device a real qdisc when it first comes up
 		// and keeps it; that is not ours to restore.
 		out = qdisc.ReplaceAllString(out, "")
+		out = linkLocal.ReplaceAllString(out, "")
 		fmt.Fprintf(&b, "## ip %s\n%s", strings.Join(args, " "), out)
 	}
 	return b.String()
@@ -395,5 +401,65 @@ func TestRouterUpRemovesLeftovers(t *testing.T) {
 	}
 	if after := f.state(t); after != before {
 		t.Fatalf("not restored:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+}
+
+// TestRouterAbortsConnectionsOfRemovedAddresses: a Set that takes an
+// address away aborts the TCP connections on it, which would otherwise
+// hang (nothing is routed from a deleted address), and leaves the others
+// alone.
+func TestRouterAbortsConnectionsOfRemovedAddresses(t *testing.T) {
+	f := setup(t)
+	r := f.newRouter(t)
+	if err := r.Up(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig()
+	if err := r.Set(t.Context(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	// pair connects a client to a listener on addr in the client
+	// namespace and returns the client's end.
+	pair := func(addr netip.Addr) net.Conn {
+		t.Helper()
+		var c net.Conn
+		if err := f.client.Do(func() error {
+			ln, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(addr, 0)))
+			if err != nil {
+				return err
+			}
+			defer ln.Close()
+			c, err = net.DialTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(addr, 0)), ln.Addr().(*net.TCPAddr))
+			if err != nil {
+				return err
+			}
+			s, err := ln.Accept()
+			if err != nil {
+				return err
+			}
+			t.Cleanup(func() { s.Close() })
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	old4, old6 := pair(cfg.Addresses[0].Addr()), pair(cfg.Addresses[1].Addr())
+	kept := pair(netip.MustParseAddr("10.78.0.1"))
+
+	cfg.Addresses = []netip.Prefix{netip.MustParsePrefix("10.66.0.3/32"), netip.MustParsePrefix("fd66::3/128")}
+	if err := r.Set(t.Context(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	for name, c := range map[string]net.Conn{"IPv4": old4, "IPv6": old6} {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNABORTED) {
+			t.Errorf("%s connection on the removed address: read %v, want ECONNABORTED", name, err)
+		}
+	}
+	kept.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	if _, err := kept.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("connection on an address that stays: read %v, want it still open", err)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"sync"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 )
 
@@ -20,6 +21,7 @@ import (
 type linuxRouter struct {
 	log   *slog.Logger
 	h     *netlink.Handle
+	diag  *nl.SocketHandle // sock_diag, to abort sockets of deleted addresses
 	table int
 	prio  int
 
@@ -36,13 +38,19 @@ type linuxRouter struct {
 // socket belongs to the calling thread's network namespace, so a router
 // made in a namespace keeps working there from any goroutine.
 func New(opts Options) (Router, error) {
-	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE, unix.NETLINK_INET_DIAG)
 	if err != nil {
 		return nil, fmt.Errorf("router: netlink: %w", err)
+	}
+	diag, err := nl.Subscribe(unix.NETLINK_INET_DIAG)
+	if err != nil {
+		h.Close()
+		return nil, fmt.Errorf("router: sock_diag: %w", err)
 	}
 	r := &linuxRouter{
 		log:    opts.Logger,
 		h:      h,
+		diag:   &nl.SocketHandle{Socket: diag},
 		table:  opts.Table,
 		prio:   opts.Priority,
 		addrs:  map[netip.Prefix]bool{},
@@ -150,6 +158,7 @@ func (r *linuxRouter) Set(ctx context.Context, cfg Config) error {
 		}
 		r.addrs[p] = true
 	}
+	removed := map[netip.Addr]bool{}
 	for p := range r.addrs {
 		if want[p] {
 			continue
@@ -158,7 +167,9 @@ func (r *linuxRouter) Set(ctx context.Context, cfg Config) error {
 			return fmt.Errorf("router: delete address %v from %s: %w", p, cfg.Interface, err)
 		}
 		delete(r.addrs, p)
+		removed[p.Addr()] = true
 	}
+	r.abortConnections(removed)
 	if link.Attrs().Flags&net.FlagUp == 0 {
 		if err := r.h.LinkSetUp(link); err != nil {
 			return fmt.Errorf("router: bring %s up: %w", cfg.Interface, err)
@@ -202,6 +213,19 @@ func (r *linuxRouter) Set(ctx context.Context, cfg Config) error {
 	return nil
 }
 
+// abortConnections aborts the TCP connections of addresses just deleted
+// (see sockets_linux.go). Failing to is logged, not returned: the routes
+// are right either way, and the connections only take longer to fail.
+func (r *linuxRouter) abortConnections(removed map[netip.Addr]bool) {
+	n, err := abortTCP(r.h, r.diag, removed)
+	if err != nil {
+		r.log.Warn("aborting connections of removed addresses", "err", err)
+	}
+	if n > 0 {
+		r.log.Info("aborted connections of removed addresses", "sockets", n)
+	}
+}
+
 // Close undoes everything; closing twice is fine.
 func (r *linuxRouter) Close() error {
 	r.mu.Lock()
@@ -212,6 +236,7 @@ func (r *linuxRouter) Close() error {
 	r.closed, r.up = true, false
 	err := r.teardown()
 	r.h.Close()
+	r.diag.Close()
 	return err
 }
 
@@ -237,11 +262,14 @@ func (r *linuxRouter) teardown() error {
 		// The TUN may be gone already, and its addresses with it.
 		link, err := r.h.LinkByName(r.ifname)
 		if err == nil {
+			removed := map[netip.Addr]bool{}
 			for p := range r.addrs {
 				if err := r.h.AddrDel(link, &netlink.Addr{IPNet: ipnet(p)}); err != nil && !gone(err) {
 					errs = append(errs, fmt.Errorf("router: delete address %v: %w", p, err))
 				}
+				removed[p.Addr()] = true
 			}
+			r.abortConnections(removed)
 			if r.restoreDown {
 				if err := r.h.LinkSetDown(link); err != nil && !gone(err) {
 					errs = append(errs, fmt.Errorf("router: set %s down: %w", r.ifname, err))

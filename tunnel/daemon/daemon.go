@@ -450,6 +450,7 @@ func (d *Daemon) bringUp(ctx context.Context, gen uint64, tg target) error {
 	if err := d.cfg.Router.Set(ctx, rc); err != nil {
 		return fmt.Errorf("routes: %w", err)
 	}
+	t.Carry()
 	if len(s.DNSServers) > 0 {
 		if err := d.cfg.DNS.Set(ctx, dns.Config{Servers: s.DNSServers, Interface: d.ifname}); err != nil {
 			return fmt.Errorf("DNS: %w", err)

@@ -25,6 +25,11 @@ type modeTunnel interface {
 	Info() (addrs []netip.Prefix, entry, exit string)
 	// Stats are its counters in the control API's terms.
 	Stats() control.Stats
+	// Carry lets the tunnel carry packets from its own addresses, and
+	// only those; until then it is handed none. The daemon calls it once
+	// the device has the addresses, so that an application that
+	// reconnects at once finds them there.
+	Carry()
 	// Progress counts what the tunnel sent that the far end must answer,
 	// and the answers. A tunnel whose sent grows while heard stands still
 	// is dead; one that sends nothing is idle, which is fine.
@@ -72,15 +77,7 @@ type fastMode struct {
 	entry, exit string
 }
 
-// Up brings the tunnel up and then lets it carry packets from its own
-// addresses, and only those.
-func (f *fastMode) Up(ctx context.Context) error {
-	if err := f.Tunnel.Up(ctx); err != nil {
-		return err
-	}
-	f.lease.Allow(prefixAddrs(f.addrs))
-	return nil
-}
+func (f *fastMode) Carry() { f.lease.Allow(prefixAddrs(f.addrs)) }
 
 // prefixAddrs is the addresses of ps.
 func prefixAddrs(ps []netip.Prefix) []netip.Addr {
@@ -121,15 +118,10 @@ type anonMode struct {
 	lease *tunnel.Lease
 }
 
-// Up opens the session, which gives the tunnel its addresses, and then
-// lets it carry packets from those, and only those.
-func (a *anonMode) Up(ctx context.Context) error {
-	if err := a.Tunnel.Up(ctx); err != nil {
-		return err
-	}
+// Carry allows the addresses the exit gave when the session opened.
+func (a *anonMode) Carry() {
 	v4, v6 := a.Addrs()
 	a.lease.Allow([]netip.Addr{v4, v6})
-	return nil
 }
 
 func (a *anonMode) Info() ([]netip.Prefix, string, string) {

@@ -32,9 +32,13 @@ type fakeTunnel struct {
 	tg          target
 	sent, heard atomic.Uint64
 	closed      atomic.Bool
+	// carried: the daemon let it carry packets, which it must do only
+	// once the routes (and with them the addresses) are set.
+	carried atomic.Bool
 }
 
 func (f *fakeTunnel) Up(context.Context) error { return nil }
+func (f *fakeTunnel) Carry()                   { f.carried.Store(true) }
 func (f *fakeTunnel) Close() error             { f.closed.Store(true); return nil }
 func (f *fakeTunnel) Info() ([]netip.Prefix, string, string) {
 	return []netip.Prefix{netip.MustParsePrefix("10.64.0.2/32")}, "entry1", "exit1"
@@ -202,7 +206,11 @@ func (r *rig) connect(t *testing.T) *fakeTunnel {
 	}
 	r.untilState(t, control.StateConnected)
 	ts := r.net.opened()
-	return ts[len(ts)-1]
+	last := ts[len(ts)-1]
+	if _, routed := r.rt.Current(); !routed || !last.carried.Load() {
+		t.Fatalf("connected with routes set %v, tunnel carrying %v", routed, last.carried.Load())
+	}
+	return last
 }
 
 // killSwitchStayedOn checks that the firewall was never removed since
