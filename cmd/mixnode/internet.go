@@ -42,6 +42,59 @@ func blobReader(n int64) io.Reader {
 	return io.LimitReader(rand.NewChaCha8(blobSeed), n)
 }
 
+// blobContent is n bytes of blob content as an io.ReadSeeker, so that
+// http.ServeContent can answer Range requests and a client can resume a
+// download. ChaCha8 cannot jump ahead, so a seek only moves the offset and
+// the next Read regenerates the stream up to it (from the start when it
+// went back): up to a second of work for the largest blob, which a test
+// server can afford.
+type blobContent struct {
+	n, off int64
+	rng    *rand.ChaCha8
+	pos    int64 // bytes rng has produced
+}
+
+func newBlobContent(n int64) *blobContent {
+	return &blobContent{n: n, rng: rand.NewChaCha8(blobSeed)}
+}
+
+func (b *blobContent) Read(p []byte) (int, error) {
+	if b.off >= b.n {
+		return 0, io.EOF
+	}
+	if b.off < b.pos {
+		b.rng, b.pos = rand.NewChaCha8(blobSeed), 0
+	}
+	if skip := b.off - b.pos; skip > 0 {
+		if _, err := io.CopyN(io.Discard, b.rng, skip); err != nil {
+			return 0, fmt.Errorf("blob: seeking to %d: %w", b.off, err)
+		}
+		b.pos = b.off
+	}
+	p = p[:min(int64(len(p)), b.n-b.off)]
+	n, _ := b.rng.Read(p) // ChaCha8 always fills p
+	b.off += int64(n)
+	b.pos += int64(n)
+	return n, nil
+}
+
+func (b *blobContent) Seek(offset int64, whence int) (int64, error) {
+	switch whence {
+	case io.SeekCurrent:
+		offset += b.off
+	case io.SeekEnd:
+		offset += b.n
+	case io.SeekStart:
+	default:
+		return b.off, fmt.Errorf("blob: bad whence %d", whence)
+	}
+	if offset < 0 {
+		return b.off, errors.New("blob: seek before the start")
+	}
+	b.off = offset
+	return offset, nil
+}
+
 // blobSHA256 is the hex SHA-256 of the first n bytes of blob content.
 func blobSHA256(n int64) string {
 	h := sha256.New()
@@ -54,7 +107,8 @@ func internetHandler() http.Handler {
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "hello from the mixvpn local internet; you came from %s\n", r.RemoteAddr)
 	})
-	// /blob/N serves N bytes of deterministic content; /blob/N.sha256 its hash.
+	// /blob/N serves N bytes of deterministic content, ranges included,
+	// so that a client can resume; /blob/N.sha256 is the whole blob's hash.
 	mux.HandleFunc("GET /blob/{name}", func(w http.ResponseWriter, r *http.Request) {
 		name := r.PathValue("name")
 		hashOnly := strings.HasSuffix(name, ".sha256")
@@ -67,9 +121,10 @@ func internetHandler() http.Handler {
 			fmt.Fprintln(w, blobSHA256(n))
 			return
 		}
-		w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+		// A type set here spares ServeContent sniffing the content,
+		// which would cost a seek back to the start.
 		w.Header().Set("Content-Type", "application/octet-stream")
-		io.Copy(w, blobReader(n))
+		http.ServeContent(w, r, "", time.Time{}, newBlobContent(n))
 	})
 	return mux
 }

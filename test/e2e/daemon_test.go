@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -309,13 +310,21 @@ func hostOf(ep string) string {
 	return ep
 }
 
-// TestLeakConnectSwitchDisconnect drives the daemon as a user would, Fast
-// mode, Anonymous mode and back, downloading in each (once over IPv6, to
-// the internet host's IPv6 address through the tunnel's IPv6 default
-// route), while a capture on the client's outer interface checks that
-// nothing but tunnel traffic to the directory and the entry gateway's
-// ports ever leaves, DNS included. connect and mode return once the
-// tunnel is up, so nothing here polls.
+// TestLeakConnectSwitchDisconnect drives the daemon as a user would:
+// connect in Fast mode and check the status, then switch to Anonymous
+// mode and back while a ping and a long, rate-limited download run, with
+// a download in each mode besides (once over IPv6, to the internet host's
+// IPv6 address through the tunnel's IPv6 default route). A capture on the
+// client's outer interface checks that nothing but tunnel traffic to the
+// directory and the entry gateway's ports ever leaves, DNS included.
+//
+// The modes give the tunnel different inner addresses and by design no
+// connection carries over from one to the other (it would link the
+// anonymous session to the Fast-mode one), so the download resumes: it
+// reconnects when its connection is reset or stalls and asks for the rest
+// with a Range request, as a download manager would. The ping goes on,
+// from the new address. connect and mode return once the tunnel is up;
+// the test waits only for the stream to resume.
 func TestLeakConnectSwitchDisconnect(t *testing.T) {
 	needRoot(t)
 	st := startDevnet(t)
@@ -326,13 +335,26 @@ func TestLeakConnectSwitchDisconnect(t *testing.T) {
 	if !strings.Contains(out, "entry1") || !strings.Contains(out, "exit1") {
 		t.Fatalf("connect does not show the chosen gateways:\n%s", out)
 	}
-	t.Log("fast: " + cd.fetch(4<<20))
+	var status struct{ State, Mode, Entry, Exit string }
+	if out := cd.must("status", "--json"); json.Unmarshal([]byte(out), &status) != nil ||
+		status != (struct{ State, Mode, Entry, Exit string }{"connected", "fast", "entry1", "exit1"}) {
+		t.Fatalf("status after connect: %s", out)
+	}
 	t.Log("fast, IPv6: " + cd.fetchURL(fmt.Sprintf("http://[%s]/blob/%d", st.addr6("inet"), 1<<20)))
 
-	out = cd.must("mode", "anonymous")
-	if !strings.HasPrefix(out, "Switched to anonymous mode") {
-		t.Fatalf("mode anonymous said %q", out)
-	}
+	// The stream: 3 MiB at 160 kB/s is about 20 s of data (Anonymous mode
+	// carries that at a quarter of its goodput): 5 s in Fast mode, some
+	// in Anonymous mode and the rest, 8 s or more, in Fast mode again.
+	const streamSize, streamRate, stall = 3 << 20, 160000, 5 * time.Second
+	pingStart := time.Now()
+	ping := cd.spawn("ping", "-D", "-n", "-i", "0.2", "-w", "240", st.addr("inet").String())
+	stream := cd.spawn(bin("mixnode"), "fetch", "--resume", "--stall", stall.String(), "--rate", fmt.Sprint(streamRate),
+		"--timeout", "200s", "--kv", "stream", "--dns", st.addr("inet").String(),
+		fmt.Sprintf("http://internet.mixvpn.test/blob/%d", streamSize))
+	time.Sleep(5 * time.Second)
+
+	var switches [2]modeSwitch
+	switches[0] = cd.switchMode("anonymous")
 	t.Log("anonymous: " + cd.fetch(256<<10))
 	out = cd.must("stats", "--json")
 	var stats struct {
@@ -344,10 +366,110 @@ func TestLeakConnectSwitchDisconnect(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &stats); err != nil || stats.Mode != "anonymous" || stats.BytesIn < 256<<10 || stats.CoverPackets == 0 || stats.SURBsUsed == 0 {
 		t.Fatalf("anonymous stats %v: %s", err, out)
 	}
+	// Stay until the stream has resumed in Anonymous mode (after a reset
+	// or a stall, and a first request may stall too) and gone on for a
+	// few seconds.
+	deadline := switches[0].done.Add(2*stall + 15*time.Second)
+	var resumedAt time.Time
+	for resumedAt.IsZero() {
+		for _, e := range logEvents(stream.out.String()) {
+			if e.msg == "fetch resumed" && e.at.After(switches[0].start) {
+				resumedAt = e.at
+				break
+			}
+		}
+		if resumedAt.IsZero() {
+			if stream.exited() || time.Now().After(deadline) {
+				t.Fatalf("the stream did not resume in Anonymous mode within %v of the switch (its connection carried over, or it could not reconnect): %v\n%s",
+					time.Since(switches[0].done).Round(time.Second), stream.err, stream.out)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	time.Sleep(time.Until(resumedAt.Add(5 * time.Second)))
+	if stream.exited() {
+		t.Fatalf("the stream ended in Anonymous mode, before the switch back: %v\n%s", stream.err, stream.out)
+	}
 
-	cd.must("mode", "fast")
-	t.Log("fast again: " + cd.fetch(1<<20))
+	switches[1] = cd.switchMode("fast")
+	if !stream.wait(150 * time.Second) {
+		t.Fatalf("the stream did not end within 150 s of the switch back:\n%s", stream.out)
+	}
+	if stream.err != nil {
+		t.Fatalf("the stream failed: %v\n%s", stream.err, stream.out)
+	}
+	streamEnd := time.Now()
+	// The ping's last phase needs some seconds of Fast mode too.
+	time.Sleep(time.Until(switches[1].done.Add(3 * time.Second)))
+	pingEnd := time.Now()
+	ping.interrupt()
 	cd.must("disconnect")
+
+	// The stream: whole and right (fetch checked the hash), resumed a few
+	// times per switch at most, and after each switch.
+	kv := keyValues(stream.out.String())
+	t.Logf("stream: %d bytes, %s resumes, longest gap %s ms, %s ms in all", streamSize, kv["stream_resumes"], kv["stream_max_gap_ms"], kv["stream_fetch_ms"])
+	if n, err := strconv.Atoi(kv["stream_resumes"]); err != nil || n > 4*len(switches) {
+		t.Errorf("the stream resumed %q times over %d switches:\n%s", kv["stream_resumes"], len(switches), stream.out)
+	}
+	events := logEvents(stream.out.String())
+	pings := pingReplies(ping.out.String())
+	var lastOffset int64
+	for i, sw := range switches {
+		next := streamEnd
+		if i+1 < len(switches) {
+			next = switches[i+1].start
+		}
+		var what []string
+		resumed := false
+		for _, e := range events {
+			if e.at.Before(sw.start) || !e.at.Before(next) {
+				continue
+			}
+			switch e.msg {
+			case "fetch failed, resuming":
+				what = append(what, fmt.Sprintf("failed at byte %s (%s)", e.attrs["offset"], e.attrs["err"]))
+			case "fetch resumed":
+				what = append(what, fmt.Sprintf("resumed at byte %s after %s without data", e.attrs["offset"], e.attrs["gap"]))
+				off, _ := strconv.ParseInt(e.attrs["offset"], 10, 64)
+				if !resumed && off <= lastOffset {
+					t.Errorf("the stream resumed at byte %d after the switch to %s, no further than before it", off, sw.mode)
+				}
+				resumed, lastOffset = true, off
+			}
+		}
+		t.Logf("switch to %s took %v; stream: %s; ping: longest gap %v", sw.mode, sw.done.Sub(sw.start).Round(time.Millisecond),
+			strings.Join(what, ", "), pingGap(pings, sw).Round(time.Millisecond))
+		// A connection of one mode must not live on in the other: the
+		// exit or the server would see both identities on it.
+		if !resumed {
+			t.Errorf("the stream's connection carried over the switch to %s mode:\n%s", sw.mode, stream.out)
+		}
+	}
+
+	// The ping: answered in each phase, before, between and after.
+	phases := []struct {
+		name     string
+		from, to time.Time
+	}{{"fast", pingStart, switches[0].start}, {"anonymous", switches[0].done, switches[1].start}, {"fast again", switches[1].done, pingEnd}}
+	for _, ph := range phases {
+		n := 0
+		for _, p := range pings {
+			if !p.Before(ph.from) && p.Before(ph.to) {
+				n++
+			}
+		}
+		// One every 0.2 s, and a phase lasts 3 s or more; a quarter of
+		// them answered leaves room for a loaded machine.
+		if want := int(ph.to.Sub(ph.from).Seconds() * 5 / 4); n < want {
+			t.Errorf("ping: %d replies in %s mode (%v), want %d or more", n, ph.name, ph.to.Sub(ph.from).Round(time.Millisecond), want)
+		} else {
+			t.Logf("ping: %d replies in %s mode (%v)", n, ph.name, ph.to.Sub(ph.from).Round(time.Millisecond))
+		}
+	}
+	if t.Failed() {
+		t.Logf("ping output:\n%s", ping.out)
+	}
 
 	bad, tunnel := leaks(st, stop())
 	if tunnel < 100 {
@@ -357,6 +479,162 @@ func TestLeakConnectSwitchDisconnect(t *testing.T) {
 		t.Fatalf("%d packets left outside the tunnel, first: %v", len(bad), bad[:min(len(bad), 10)])
 	}
 	t.Logf("%d packets captured on the outer interface, all tunnel traffic", tunnel)
+}
+
+// modeSwitch is when `mixvpn mode` was asked and when it returned, the
+// tunnel up in the new mode.
+type modeSwitch struct {
+	mode        string
+	start, done time.Time
+}
+
+func (cd *clientDaemon) switchMode(mode string) modeSwitch {
+	cd.t.Helper()
+	sw := modeSwitch{mode: mode, start: time.Now()}
+	out := cd.must("mode", mode)
+	sw.done = time.Now()
+	if !strings.HasPrefix(out, "Switched to "+mode+" mode") {
+		cd.t.Fatalf("mode %s said %q", mode, out)
+	}
+	return sw
+}
+
+// process is a command running in the client namespace while the test
+// goes on; cleanup kills it if it is still running.
+type process struct {
+	cmd  *exec.Cmd
+	out  *lockedBuffer
+	done chan struct{}
+	err  error // once done is closed
+}
+
+func (cd *clientDaemon) spawn(name string, args ...string) *process {
+	cd.t.Helper()
+	p := &process{out: &lockedBuffer{}, done: make(chan struct{})}
+	p.cmd = exec.Command("ip", append([]string{"netns", "exec", cd.st.ns("client"), name}, args...)...)
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	if err := p.cmd.Start(); err != nil {
+		cd.t.Fatal(err)
+	}
+	go func() { p.err = p.cmd.Wait(); close(p.done) }()
+	cd.t.Cleanup(func() {
+		p.cmd.Process.Kill() // nothing if it is done
+		<-p.done
+	})
+	return p
+}
+
+func (p *process) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// wait reports whether the process ended within timeout.
+func (p *process) wait(timeout time.Duration) bool {
+	select {
+	case <-p.done:
+		return true
+	case <-time.After(timeout):
+		return false
+	}
+}
+
+// interrupt stops the process as ^C would, so that it prints its summary,
+// and kills it if that takes more than a few seconds.
+func (p *process) interrupt() {
+	p.cmd.Process.Signal(syscall.SIGINT)
+	if !p.wait(5 * time.Second) {
+		p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// keyValues reads the key=value lines of a tool's output; log lines,
+// with several pairs, are not among them.
+func keyValues(out string) map[string]string {
+	kv := map[string]string{}
+	for _, l := range strings.Split(out, "\n") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(l), "="); ok && !strings.ContainsAny(l, " \t") {
+			kv[k] = v
+		}
+	}
+	return kv
+}
+
+// logEvent is a line of a log in slog's text format.
+type logEvent struct {
+	at    time.Time
+	msg   string
+	attrs map[string]string
+}
+
+// logEvents reads the lines of out that are slog text records, such as
+// those mixnode fetch writes when it resumes:
+//
+//	time=2026-11-25T10:44:28.283Z level=INFO msg="fetch resumed" offset=50000 gap=302ms failed_requests=1 cause="..."
+func logEvents(out string) []logEvent {
+	var evs []logEvent
+	for _, l := range strings.Split(out, "\n") {
+		if !strings.HasPrefix(l, "time=") {
+			continue
+		}
+		e := logEvent{attrs: map[string]string{}}
+		for rest := l; rest != ""; {
+			k, v, ok := strings.Cut(rest, "=")
+			if !ok {
+				break
+			}
+			if q, err := strconv.QuotedPrefix(v); err == nil {
+				rest = v[len(q):]
+				v, _ = strconv.Unquote(q)
+			} else {
+				v, rest, _ = strings.Cut(v, " ")
+			}
+			e.attrs[k] = v
+			rest = strings.TrimLeft(rest, " ")
+		}
+		e.at, _ = time.Parse(time.RFC3339Nano, e.attrs["time"])
+		e.msg = e.attrs["msg"]
+		evs = append(evs, e)
+	}
+	return evs
+}
+
+// pingReplies reads the times of the replies `ping -D` printed:
+//
+//	[1764067536.123456] 64 bytes from 198.51.100.80: icmp_seq=12 ttl=62 time=1.23 ms
+func pingReplies(out string) []time.Time {
+	var at []time.Time
+	for _, l := range strings.Split(out, "\n") {
+		ts, rest, ok := strings.Cut(strings.TrimPrefix(l, "["), "] ")
+		if !ok || !strings.Contains(rest, "bytes from") {
+			continue
+		}
+		sec, frac, _ := strings.Cut(ts, ".")
+		s, err1 := strconv.ParseInt(sec, 10, 64)
+		us, err2 := strconv.ParseInt(frac, 10, 64)
+		if err1 == nil && err2 == nil {
+			at = append(at, time.Unix(s, us*1000))
+		}
+	}
+	return at
+}
+
+// pingGap is the longest time between two replies around a switch: from
+// the last one before it to the first after it, or between any two
+// while it lasted.
+func pingGap(replies []time.Time, sw modeSwitch) time.Duration {
+	var gap time.Duration
+	for i := 1; i < len(replies); i++ {
+		if !replies[i].Before(sw.start) && !replies[i-1].After(sw.done) {
+			gap = max(gap, replies[i].Sub(replies[i-1]))
+		}
+	}
+	return gap
 }
 
 // TestReconnectAfterLinkLoss cuts the client's link while connected, as
@@ -429,5 +707,35 @@ func TestLeaksParser(t *testing.T) {
 	bad, tunnel := leaks(st, lines)
 	if tunnel != 3 || len(bad) != 3 {
 		t.Fatalf("tunnel %d, leaks %d: %v", tunnel, len(bad), bad)
+	}
+}
+
+// TestSwitchOutputParsers needs no root: it checks the reading of what
+// the stream and the ping print while the modes switch.
+func TestSwitchOutputParsers(t *testing.T) {
+	out := "time=2026-11-25T10:49:46.066Z level=INFO msg=\"fetch failed, resuming\" offset=821600 err=\"read tcp 10.151.0.2:58660->198.51.100.80:80: read: connection reset by peer\" waited=47ms\n" +
+		"time=2026-11-25T10:49:51.655+01:00 level=INFO msg=\"fetch resumed\" offset=821600 gap=5.636s failed_requests=2 cause=\"a \\\"quoted\\\" cause\"\n" +
+		"stream_goodput_mbps=0.81\nstream_resumes=2\n"
+	evs := logEvents(out)
+	if len(evs) != 2 || evs[0].msg != "fetch failed, resuming" || evs[0].attrs["err"] != "read tcp 10.151.0.2:58660->198.51.100.80:80: read: connection reset by peer" ||
+		evs[0].attrs["waited"] != "47ms" || !evs[0].at.Equal(time.Date(2026, 11, 25, 10, 49, 46, 66e6, time.UTC)) ||
+		evs[1].attrs["cause"] != `a "quoted" cause` || evs[1].attrs["gap"] != "5.636s" || !evs[1].at.Equal(time.Date(2026, 11, 25, 9, 49, 51, 655e6, time.UTC)) {
+		t.Fatalf("log events %+v", evs)
+	}
+	if kv := keyValues(out); len(kv) != 2 || kv["stream_resumes"] != "2" {
+		t.Fatalf("key=value lines %v", kv)
+	}
+	pings := pingReplies("PING 198.51.100.80 (198.51.100.80) 56(84) bytes of data.\n" +
+		"[1764067536.100000] 64 bytes from 198.51.100.80: icmp_seq=1 ttl=62 time=1.23 ms\n" +
+		"ping: sendmsg: Operation not permitted\n" +
+		"[1764067536.300000] From 10.151.0.2 icmp_seq=2 Destination Host Unreachable\n" +
+		"[1764067538.100000] 64 bytes from 198.51.100.80: icmp_seq=11 ttl=62 time=104 ms\n" +
+		"[1764067538.300000] 64 bytes from 198.51.100.80: icmp_seq=12 ttl=62 time=98.1 ms\n")
+	if len(pings) != 3 || !pings[0].Equal(time.Unix(1764067536, 100e6)) {
+		t.Fatalf("ping replies %v", pings)
+	}
+	sw := modeSwitch{start: time.Unix(1764067537, 0), done: time.Unix(1764067537, 500e6)}
+	if g := pingGap(pings, sw); g != 2*time.Second {
+		t.Fatalf("ping gap %v across the switch", g)
 	}
 }
