@@ -47,13 +47,12 @@ const (
 	// DefaultReplyKeyLifetime is how long SURB keys are kept; an exit
 	// forgets an idle session after a minute, and key epochs last longer.
 	DefaultReplyKeyLifetime = 5 * time.Minute
-	// DefaultLoopTimeout is when a loop that has not returned counts as
-	// lost: a loop crosses six exponential delays of 15 ms, so one still
-	// out after 3 s is gone, and a dead mix is noticed within seconds.
+	// DefaultLoopTimeout is how long a loop is waited for at most: it
+	// crosses three exponential delays of 15 ms, so one still out after
+	// 3 s is gone even on a loaded network. Its mixes are blamed much
+	// sooner, at a deadline drawn from the round trips loops take (see
+	// Health.LoopDeadline).
 	DefaultLoopTimeout = 3 * time.Second
-	// DefaultAvoidFor is how long a mix whose loops stopped returning is
-	// left out of new routes before it is tried again.
-	DefaultAvoidFor = 30 * time.Second
 )
 
 // Config configures a Client.
@@ -89,12 +88,10 @@ type Config struct {
 	// defaults DefaultMaxReplyKeys and DefaultReplyKeyLifetime.
 	MaxReplyKeys     int
 	ReplyKeyLifetime time.Duration
-	// LoopTimeout forgets loops that never return; default
+	// LoopTimeout is when a loop that did not return is given up as
+	// lost, and the most its deadline can grow to; default
 	// DefaultLoopTimeout.
 	LoopTimeout time.Duration
-	// AvoidFor is how long a failing mix is routed around; default
-	// DefaultAvoidFor.
-	AvoidFor time.Duration
 	// Session configures sessions opened on this client.
 	Session SessionConfig
 	Logger  *slog.Logger
@@ -114,6 +111,7 @@ type Stats struct {
 	UnknownDeliveries uint64
 	LoopsReturned     uint64
 	// LoopsLost counts loops that did not return within LoopTimeout.
+	// (Mixes are blamed earlier, at Health.LoopDeadline.)
 	LoopsLost uint64
 	// LoopRTTMean, P50 and P90 describe loop round trips (p50 and p90
 	// over the most recent 1024).
@@ -137,7 +135,6 @@ type Client struct {
 	topo      Topology
 	gen       uint64
 	replyKeys keyStore
-	loopKeys  keyStore
 	health    health
 	topoPrint string
 	rtts      []time.Duration // ring of recent loop RTTs
@@ -168,10 +165,11 @@ type packetItem struct {
 }
 
 type loopItem struct {
-	pkt  []byte
-	keys *sphinx.SURBKeys
-	path [directory.Layers]string
-	gen  uint64
+	pkt   []byte
+	keys  *sphinx.SURBKeys
+	path  [directory.Layers]string
+	probe bool
+	gen   uint64
 }
 
 type surbItem struct {
@@ -220,9 +218,6 @@ func New(cfg Config) (*Client, error) {
 	if cfg.LoopTimeout <= 0 {
 		cfg.LoopTimeout = DefaultLoopTimeout
 	}
-	if cfg.AvoidFor <= 0 {
-		cfg.AvoidFor = DefaultAvoidFor
-	}
 	if cfg.DownRate == 0 {
 		cfg.DownRate = DownRatePerRate*cfg.Rate + cfg.LoopRate
 	}
@@ -236,9 +231,8 @@ func New(cfg Config) (*Client, error) {
 		lambda:    cfg.Rate + cfg.LoopRate,
 		topo:      cfg.Topology,
 		topoPrint: cfg.Topology.fingerprint(),
-		health:    health{avoidFor: cfg.AvoidFor},
+		health:    newHealth(cfg.LoopTimeout, cfg.MeanDelay, cfg.MaxReplyKeys),
 		replyKeys: keyStore{max: cfg.MaxReplyKeys, ttl: cfg.ReplyKeyLifetime},
-		loopKeys:  keyStore{max: cfg.MaxReplyKeys, ttl: cfg.LoopTimeout},
 		rtts:      make([]time.Duration, 0, 1024),
 		cover:     make(chan packetItem, cfg.PoolSize),
 		loops:     make(chan loopItem, cfg.PoolSize),
@@ -268,6 +262,7 @@ func (c *Client) SetTopology(t Topology) error {
 	}
 	c.topo, c.topoPrint = t, fp
 	c.gen++
+	c.health.retain(&c.topo)
 	c.mu.Unlock()
 	c.kick()
 	return nil
@@ -284,7 +279,7 @@ type route struct {
 func (c *Client) route() route {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return route{c.topo, c.gen, c.health.avoided(time.Now())}
+	return route{c.topo, c.gen, c.health.avoided()}
 }
 
 // Topology returns the topology the client routes over.
@@ -437,51 +432,75 @@ func (c *Client) sendLoop(rng *mrand.Rand) {
 
 func (c *Client) launchLoop(it loopItem) {
 	now := time.Now()
-	c.mu.Lock()
-	c.loopKeys.put(keyEntry{keys: it.keys, at: now, path: it.path}, now)
-	c.mu.Unlock()
+	c.updateHealth(func(h *health) healthEvents { return h.launch(it.keys, it.path, it.probe, &c.topo, now) })
 	c.transmit(it.pkt)
 }
 
-// sweepLoops counts loops that did not come back in time as lost, which
-// lowers the scores of the mixes they crossed.
+// sweepLoops blames the mixes of loops past their deadline and gives up
+// loops past LoopTimeout. It wakes several times per deadline, so a loss
+// is noticed soon after it is due.
 func (c *Client) sweepLoops(ctx context.Context) {
-	t := time.NewTicker(c.cfg.LoopTimeout / 4)
+	t := time.NewTimer(sweepEvery(c.cfg.LoopTimeout))
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
-			c.mu.Lock()
-			lost := c.loopKeys.prune(now)
-			c.mu.Unlock()
-			for _, e := range lost {
-				c.stats.lost.Add(1)
-				c.loopOutcome(e.path, false, now)
-			}
+			var deadline time.Duration
+			c.updateHealth(func(h *health) healthEvents {
+				deadline = h.deadline
+				return h.sweep(&c.topo, now)
+			})
+			t.Reset(sweepEvery(deadline))
 		}
 	}
 }
 
-// loopOutcome feeds a loop's outcome to the mix scores. A newly avoided
-// mix makes prepared packets stale, since some of them cross it.
-func (c *Client) loopOutcome(path [directory.Layers]string, ok bool, now time.Time) {
+// sweepEvery is how often to look for overdue loops under deadline: a
+// quarter of it, within bounds that keep the wake-ups cheap and a
+// detection prompt.
+func sweepEvery(deadline time.Duration) time.Duration {
+	return min(max(deadline/4, 10*time.Millisecond), 250*time.Millisecond)
+}
+
+// updateHealth runs f on the loop records and acts on what it decided. A
+// newly avoided mix makes prepared packets stale, since some of them cross
+// it, and the exit's reply blocks too; a mix back in routes needs nothing
+// thrown away.
+func (c *Client) updateHealth(f func(*health) healthEvents) {
 	c.mu.Lock()
-	before := len(c.health.avoid)
-	c.health.record(path, ok, &c.topo, now)
-	grew := len(c.health.avoid) > before
-	if grew {
+	was := c.health.degraded()
+	ev := f(&c.health)
+	if len(ev.avoided) > 0 {
 		c.gen++
+	}
+	is := c.health.degraded()
+	var snap Health
+	if len(ev.avoided)+len(ev.readmitted) > 0 || is != was {
+		snap = c.health.snapshot()
 	}
 	s := c.sess
 	c.mu.Unlock()
-	if grew {
-		c.log.Warn("routing around mixes whose loops stopped returning", "avoided", c.Health().Avoided)
+	if ev.lost > 0 {
+		c.stats.lost.Add(uint64(ev.lost))
+	}
+	if len(ev.avoided) > 0 {
+		c.log.Warn("routing around mixes whose loops stopped returning",
+			"mixes", ev.avoided, "avoided", snap.Avoided, "loop_deadline", snap.LoopDeadline)
 		c.kick()
 		if s != nil {
 			s.flushSURBs()
 		}
+	}
+	if len(ev.readmitted) > 0 {
+		c.log.Info("mixes back in routes: their probe loops return", "readmitted", ev.readmitted, "avoided", snap.Avoided)
+	}
+	switch {
+	case is && !was:
+		c.log.Warn("network trouble: loops are not returning", "return_rate", snap.ReturnRate, "avoided", snap.Avoided)
+	case was && !is:
+		c.log.Info("loops return again", "return_rate", snap.ReturnRate)
 	}
 }
 
@@ -489,7 +508,7 @@ func (c *Client) loopOutcome(path [directory.Layers]string, ok bool, now time.Ti
 func (c *Client) Health() Health {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.health.snapshot(time.Now())
+	return c.health.snapshot()
 }
 
 // precompute keeps the pools full; loops first, since a late loop also
@@ -544,7 +563,10 @@ func (c *Client) makeCover(rng *mrand.Rand) ([]byte, uint64, error) {
 // reply from an exit does.
 func (c *Client) makeLoop(rng *mrand.Rand) (loopItem, error) {
 	r := c.route()
-	back, ids := r.replyPath(rng, c.cfg.MeanDelay, r.avoid)
+	// While a mix is avoided some loops probe it, so that it can earn
+	// its way back (see probeShare for why this costs no privacy).
+	via := probeVia(rng, r.avoid)
+	back, ids := r.replyPath(rng, c.cfg.MeanDelay, r.avoid, via)
 	path := append([]sphinx.Hop{{Address: r.Entry.Address, Key: r.Entry.Key}}, back...)
 	surb, keys, err := sphinx.NewSURB(nil, path, c.cfg.Address, randomID())
 	if err != nil {
@@ -555,12 +577,12 @@ func (c *Client) makeLoop(rng *mrand.Rand) (loopItem, error) {
 	if err != nil {
 		return loopItem{}, fmt.Errorf("client: build loop: %w", err)
 	}
-	return loopItem{pkt: pkt, keys: keys, path: ids, gen: r.gen}, nil
+	return loopItem{pkt: pkt, keys: keys, path: ids, probe: via != "", gen: r.gen}, nil
 }
 
 func (c *Client) makeSURB(rng *mrand.Rand) (surbItem, error) {
 	r := c.route()
-	path, _ := r.replyPath(rng, c.cfg.MeanDelay, r.avoid)
+	path, _ := r.replyPath(rng, c.cfg.MeanDelay, r.avoid, "")
 	surb, keys, err := sphinx.NewSURB(nil, path, c.cfg.Address, randomID())
 	if err != nil {
 		return surbItem{}, fmt.Errorf("client: build SURB: %w", err)
@@ -592,15 +614,16 @@ func (c *Client) HandleDelivery(id sphinx.MessageID, block []byte) {
 	c.stats.bytesIn.Add(uint64(len(block)))
 	now := time.Now()
 	c.mu.Lock()
-	if e, ok := c.loopKeys.take(id, now); ok {
+	if p, ok := c.health.take(id, now); ok {
 		c.mu.Unlock()
-		if _, err := e.keys.OpenReply(block); err != nil {
+		if _, err := p.keys.OpenReply(block); err != nil {
 			c.log.Debug("loop did not open", "err", err)
+			c.updateHealth(func(h *health) healthEvents { return h.giveUp(p, &c.topo) })
 			return
 		}
 		c.stats.returned.Add(1)
-		c.recordRTT(now.Sub(e.at))
-		c.loopOutcome(e.path, true, now)
+		c.recordRTT(now.Sub(p.at))
+		c.updateHealth(func(h *health) healthEvents { return h.returned(p, &c.topo, now) })
 		return
 	}
 	e, ok := c.replyKeys.take(id, now)
@@ -646,7 +669,7 @@ func (c *Client) Stats() Stats {
 	c.mu.Lock()
 	rtts := slices.Clone(c.rtts)
 	sum := c.rttSum
-	s.Health = c.health.snapshot(time.Now())
+	s.Health = c.health.snapshot()
 	c.mu.Unlock()
 	if s.LoopsReturned > 0 {
 		s.LoopRTTMean = sum / time.Duration(s.LoopsReturned)
@@ -680,8 +703,6 @@ type keyStore struct {
 type keyEntry struct {
 	keys *sphinx.SURBKeys
 	at   time.Time
-	// path is the mixes a loop crosses; empty for reply blocks.
-	path [directory.Layers]string
 }
 
 func (s *keyStore) put(e keyEntry, now time.Time) []keyEntry {

@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mixvpn/mixvpn/mixnet/directory"
 	"github.com/mixvpn/mixvpn/mixnet/server/servertest"
 	"github.com/mixvpn/mixvpn/mixnet/sphinx"
 )
@@ -230,38 +229,6 @@ func TestRoutesAroundDeadMix(t *testing.T) {
 	exchange(t, s, 30, 100, 15*time.Second)
 	if st := conn.Stats(); st.LoopsLost == 0 {
 		t.Fatalf("no loop counted lost: %+v", st)
-	}
-}
-
-func TestHealthBlamesOnlyTheFailingMix(t *testing.T) {
-	topo := testTopology(t)
-	h := health{avoidFor: time.Minute}
-	now := time.Now()
-	// Layer b's mix b1 is dead: every loop through it is lost, others return.
-	for i := range 40 {
-		path := [directory.Layers]string{topo.Layers[0][i%2].ID, topo.Layers[1][(i/2)%2].ID, topo.Layers[2][(i/4)%2].ID}
-		h.record(path, path[1] != "b1", &topo, now)
-	}
-	got := h.avoided(now)
-	if len(got) != 1 || !got["b1"] {
-		t.Fatalf("avoided %v, want only b1", got)
-	}
-	if snap := h.snapshot(now); !snap.Degraded || snap.ReturnRate > 0.6 {
-		t.Fatalf("health %+v", snap)
-	}
-	// After its time, the mix is tried again.
-	if got := h.avoided(now.Add(2 * time.Minute)); len(got) != 0 {
-		t.Fatalf("still avoided: %v", got)
-	}
-	// New routes leave the avoided mix out while its layer has another.
-	rng := newRand()
-	for range 100 {
-		if n := pickNode(topo.Layers[1], rng, map[string]bool{"b1": true}); n.ID == "b1" {
-			t.Fatal("picked an avoided mix")
-		}
-	}
-	if n := pickNode(topo.Layers[1][:1], rng, map[string]bool{"b1": true}); n.ID != "b1" {
-		t.Fatal("a layer of only avoided mixes must still route")
 	}
 }
 

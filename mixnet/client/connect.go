@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	mrand "math/rand/v2"
+	"net"
 	"net/http"
 	"sync"
 	"time"
@@ -43,7 +44,11 @@ type ConnectConfig struct {
 	Refresh time.Duration
 	// HTTPClient fetches the directory; nil uses http.DefaultClient.
 	HTTPClient *http.Client
-	Logger     *slog.Logger
+	// DialLink, if set, opens the TCP connection to the entry (see
+	// link.PeerConfig.Dial): the OS code that shapes the link's segments
+	// and ACKs lives with the caller, not here.
+	DialLink func(ctx context.Context, addr string) (net.Conn, error)
+	Logger   *slog.Logger
 }
 
 // Conn is a client joined to a network: it keeps its link to the entry
@@ -109,6 +114,7 @@ func Connect(ctx context.Context, cfg ConnectConfig) (*Conn, error) {
 		}},
 		Addr: entry.Address,
 		Key:  entry.LinkPublicKey(),
+		Dial: cfg.DialLink,
 		OnUp: func(lc *link.Conn) {
 			if down := downRate(cfg.Client); down > 0 {
 				if err := lc.RequestPace(down); err != nil {

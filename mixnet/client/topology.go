@@ -97,26 +97,44 @@ func TopologyFromDocument(doc *directory.Document, entryID string) (Topology, er
 func (t *Topology) forwardPath(rng *rand.Rand, mean time.Duration, exit Node, avoid map[string]bool) []sphinx.Hop {
 	path := make([]sphinx.Hop, 0, directory.Layers+2)
 	path = append(path, sphinx.Hop{Address: t.Entry.Address, Key: t.Entry.Key})
-	path, _ = t.appendMixes(path, rng, mean, avoid)
+	path, _ = t.appendMixes(path, rng, mean, avoid, "")
 	return append(path, sphinx.Hop{Address: exit.Address, Key: exit.Key})
 }
 
 // replyPath is one random mix per layer and then the entry, which delivers
-// to the client; it also returns the mixes chosen.
-func (t *Topology) replyPath(rng *rand.Rand, mean time.Duration, avoid map[string]bool) ([]sphinx.Hop, [directory.Layers]string) {
+// to the client; it also returns the mixes chosen. A non-empty via is
+// taken in its layer even if avoided: that is how a loop probes a suspect
+// mix.
+func (t *Topology) replyPath(rng *rand.Rand, mean time.Duration, avoid map[string]bool, via string) ([]sphinx.Hop, [directory.Layers]string) {
 	path := make([]sphinx.Hop, 0, directory.Layers+2)
-	path, ids := t.appendMixes(path, rng, mean, avoid)
+	path, ids := t.appendMixes(path, rng, mean, avoid, via)
 	return append(path, sphinx.Hop{Address: t.Entry.Address, Key: t.Entry.Key}), ids
 }
 
-func (t *Topology) appendMixes(path []sphinx.Hop, rng *rand.Rand, mean time.Duration, avoid map[string]bool) ([]sphinx.Hop, [directory.Layers]string) {
+func (t *Topology) appendMixes(path []sphinx.Hop, rng *rand.Rand, mean time.Duration, avoid map[string]bool, via string) ([]sphinx.Hop, [directory.Layers]string) {
 	var ids [directory.Layers]string
 	for l, layer := range t.Layers {
-		n := pickNode(layer, rng, avoid)
+		n, ok := nodeByID(layer, via)
+		if !ok {
+			n = pickNode(layer, rng, avoid)
+		}
 		ids[l] = n.ID
 		path = append(path, sphinx.Hop{Address: n.Address, Key: n.Key, Delay: schedule.ExpDelay(rng, mean)})
 	}
 	return path, ids
+}
+
+// nodeByID finds id in layer; an empty id is in none.
+func nodeByID(layer []Node, id string) (Node, bool) {
+	if id == "" {
+		return Node{}, false
+	}
+	for _, n := range layer {
+		if n.ID == id {
+			return n, true
+		}
+	}
+	return Node{}, false
 }
 
 // pickNode picks a random node of layer outside avoid, or any node of it if
@@ -143,6 +161,16 @@ func pickNode(layer []Node, rng *rand.Rand, avoid map[string]bool) Node {
 		}
 	}
 	return layer[rng.IntN(len(layer))]
+}
+
+// hasMix reports whether id is a mix of t.
+func (t *Topology) hasMix(id string) bool {
+	for _, l := range t.Layers {
+		if _, ok := nodeByID(l, id); ok {
+			return true
+		}
+	}
+	return false
 }
 
 // fingerprint identifies a topology's nodes and keys, so an unchanged

@@ -3,8 +3,10 @@ package link
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,6 +24,11 @@ type PeerConfig struct {
 	// OnUp is called with each new connection, for example to send a
 	// registration; it may be nil.
 	OnUp func(c *Conn)
+	// Dial, if set, opens the connection to Addr instead of a plain TCP
+	// dial, and the handshake runs on what it returns. It is where OS code
+	// tunes the socket (a client's link shapes its segments and ACKs
+	// there) without this package knowing the OS.
+	Dial func(ctx context.Context, addr string) (net.Conn, error)
 }
 
 // Peer keeps one outbound link up: it dials, redials with exponential
@@ -32,7 +39,7 @@ type Peer struct {
 
 	mu      sync.Mutex
 	conn    *Conn
-	pending [][]byte
+	pending []heldFrame
 	ready   chan struct{} // closed and replaced whenever conn changes
 
 	dropped, reconnects atomic.Uint64
@@ -51,7 +58,8 @@ func NewPeer(cfg PeerConfig) *Peer {
 }
 
 // Send sends a packet now if the link is up, or queues it (up to
-// QueueSize) until it is. It copies pkt and never blocks.
+// QueueSize, and for at most maxHeld) until it is. It copies pkt and never
+// blocks.
 func (p *Peer) Send(pkt []byte) error {
 	p.mu.Lock()
 	c := p.conn
@@ -80,7 +88,7 @@ func (p *Peer) hold(pkt []byte, stale *Conn) error {
 		p.dropped.Add(1)
 		return ErrQueueFull
 	}
-	p.pending = append(p.pending, append([]byte(nil), pkt...))
+	p.pending = append(p.pending, heldFrame{append([]byte(nil), pkt...), time.Now()})
 	return nil
 }
 
@@ -106,7 +114,7 @@ func (p *Peer) Run(ctx context.Context) error {
 	backoff := p.cfg.MinBackoff
 	first := true
 	for ctx.Err() == nil {
-		c, err := Dial(ctx, p.cfg.Addr, p.cfg.Key, p.cfg.Config)
+		c, err := p.dial(ctx)
 		if err != nil {
 			p.log.Debug("link dial failed", "addr", p.cfg.Addr, "err", err, "retry", backoff)
 			wait := backoff/2 + rand.N(backoff/2+1)
@@ -138,6 +146,23 @@ func (p *Peer) Run(ctx context.Context) error {
 	return nil
 }
 
+// dial makes one link to the remote side, through cfg.Dial if set.
+func (p *Peer) dial(ctx context.Context) (*Conn, error) {
+	if p.cfg.Dial == nil {
+		return Dial(ctx, p.cfg.Addr, p.cfg.Key, p.cfg.Config)
+	}
+	nc, err := p.cfg.Dial(ctx, p.cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("link: dial %s: %w", p.cfg.Addr, err)
+	}
+	c, err := Client(ctx, nc, p.cfg.Key, p.cfg.Config)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
 func (p *Peer) setConn(c *Conn) {
 	p.mu.Lock()
 	p.conn = c
@@ -149,9 +174,28 @@ func (p *Peer) setConn(c *Conn) {
 	if c == nil {
 		return
 	}
-	for _, pkt := range pending {
-		if c.Send(pkt) != nil {
+	for _, h := range pending {
+		if time.Since(h.at) > maxHeld {
+			p.dropped.Add(1)
+			continue
+		}
+		if c.Send(h.pkt) != nil {
 			p.dropped.Add(1)
 		}
 	}
+}
+
+// maxHeld is how long a packet queued while the link is down stays worth
+// sending. Later it is past any mix's lateness bound, its sender has given
+// up on it (TCP resent, and the client may have dropped the keys of the
+// reply blocks it carries), and sending it would let an observer link it:
+// a mix back after a minute would otherwise get a burst of stale packets,
+// whose stale reply blocks an exit uses newest first, for replies the
+// client cannot open.
+const maxHeld = 2 * time.Second
+
+// heldFrame is a packet queued while the link is down.
+type heldFrame struct {
+	pkt []byte
+	at  time.Time
 }

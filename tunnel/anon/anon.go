@@ -21,6 +21,8 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/mixvpn/mixvpn/mixnet/client"
+	"github.com/mixvpn/mixvpn/mixnet/link"
+	"github.com/mixvpn/mixvpn/platform/linksock"
 )
 
 // DefaultMTU is the device MTU Anonymous mode expects: the same as Fast
@@ -34,7 +36,10 @@ const offset = 16
 
 // Config configures a Tunnel.
 type Config struct {
-	// Connect says how to join the mixnet.
+	// Connect says how to join the mixnet. Unless it sets DialLink, the
+	// link to the entry is dialed by linksock, which gives its segments
+	// one length and its ACKs the entry's rate rather than the
+	// daemon's load.
 	Connect client.ConnectConfig
 	Logger  *slog.Logger
 }
@@ -91,6 +96,9 @@ func New(cfg Config, dev tun.Device) (*Tunnel, error) {
 	}
 	if cfg.Connect.Logger == nil {
 		cfg.Connect.Logger = log
+	}
+	if cfg.Connect.DialLink == nil {
+		cfg.Connect.DialLink = linksock.Config{Record: link.FrameSize, Logger: log}.Dial
 	}
 	return &Tunnel{cfg: cfg, log: log, dev: dev}, nil
 }
