@@ -150,8 +150,8 @@ func runClientBench(ctx context.Context, cd *clientDaemon, inet netip.Addr) erro
 	if _, err := cd.run(ctx, "mode", "anonymous"); err != nil {
 		return err
 	}
-	// 8 MiB: long enough that TCP's start is a small part of the time.
-	out, err = cd.fetch(ctx, "http://internet.mixvpn.test/blob/8388608", "--kv", "anon")
+	// 16 MiB, as the rate table: long enough that TCP's start is a small part of the time.
+	out, err = cd.fetch(ctx, "http://internet.mixvpn.test/blob/16777216", "--kv", "anon")
 	fmt.Print(out)
 	if err != nil {
 		return err

@@ -415,7 +415,8 @@ func runDevnet(ctx context.Context, o devnetOptions) error {
 		if err != nil {
 			return err
 		}
-		return runRateTable(ctx, cd, sup, hostAddr(plan, "inet"), rates, 4<<20)
+		// 16 MiB, so that the steady state and not TCP's start sets the figure.
+		return runRateTable(ctx, cd, sup, hostAddr(plan, "inet"), rates, 16<<20)
 	}
 	if o.Bench {
 		cmd := client.Command(ctx, self, "probe", "--directory", dirURL, "--key", pub, "--packets", "500", "--kv")

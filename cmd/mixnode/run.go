@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"encoding/base64"
@@ -13,6 +14,10 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -167,6 +172,7 @@ func (c *nodeConfig) epochs() directory.Epochs {
 func runCommand(logger func() *slog.Logger) *cobra.Command {
 	var path string
 	var over nodeConfig
+	var tune runtimeTuning
 	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Run one node (directory, entry, mix or exit) from a configuration file",
@@ -186,7 +192,13 @@ func runCommand(logger func() *slog.Logger) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return runNode(cmd.Context(), cfg, logger())
+			log := logger()
+			stop, err := tune.apply(cfg.ID, log)
+			if err != nil {
+				return err
+			}
+			defer stop()
+			return runNode(cmd.Context(), cfg, log)
 		},
 	}
 	cmd.Flags().StringVarP(&path, "config", "c", "", "configuration file (JSON)")
@@ -195,6 +207,10 @@ func runCommand(logger func() *slog.Logger) *cobra.Command {
 	cmd.Flags().StringVar(&over.Advertise, "advertise", "", "address published in the directory")
 	cmd.Flags().StringVar(&over.DataDir, "data-dir", "", "directory for the node's keys")
 	cmd.Flags().StringVar(&over.Metrics, "metrics", "", "Prometheus metrics listen address")
+	cmd.Flags().StringVar(&tune.CPUProfile, "cpuprofile", os.Getenv(envCPUProfileDir),
+		"write a CPU profile of the whole run to this file, or to ID.cpu.pprof in it if it is a directory (default $"+envCPUProfileDir+")")
+	cmd.Flags().DurationVar(&tune.SysmonSlack, "sysmon-slack", envDuration(envSysmonSlack, defaultSysmonSlack),
+		"timer slack for the Go runtime's monitor thread (Linux), so that it polls at most about this often; 0 leaves it alone (default $"+envSysmonSlack+" or 10ms)")
 	cmd.MarkFlagRequired("config")
 	return cmd
 }
@@ -380,4 +396,121 @@ func cmpOr(a, b string) string {
 		return a
 	}
 	return b
+}
+
+// Environment variables that set run's tuning defaults. `mixnode devnet`
+// passes its environment to every node it starts, so they reach a whole
+// local network without new devnet flags.
+const (
+	envCPUProfileDir = "MIXNODE_CPUPROFILE"
+	envSysmonSlack   = "MIXNODE_SYSMON_SLACK"
+)
+
+// defaultSysmonSlack is the timer slack given to the runtime's monitor
+// thread; see runtimeTuning.SysmonSlack.
+const defaultSysmonSlack = 10 * time.Millisecond
+
+// runtimeTuning is how `mixnode run` sets up the Go runtime around a node.
+type runtimeTuning struct {
+	// CPUProfile, if set, is a file, or a directory for ID.cpu.pprof, that
+	// gets a CPU profile of the run.
+	CPUProfile string
+	// SysmonSlack is the timer slack of the runtime's sysmon thread. While
+	// any goroutine runs, sysmon wakes every 20 µs (a 20 µs nanosleep, for
+	// about the first millisecond after each wake-up from idle, and a node
+	// wakes from idle for nearly every packet); on a paravirtualised
+	// machine each of those wake-ups is a costly context switch, and they
+	// measured a third of a mix's CPU (BenchmarkHop in mixnet/node). With
+	// slack the kernel may defer each of those sleeps by up to this long.
+	// Sysmon's duties tolerate it: it preempts goroutines that ran for
+	// 10 ms and takes back a P from a goroutine blocked in a system call,
+	// neither of which a node depends on to be quick.
+	SysmonSlack time.Duration
+}
+
+// apply starts what t asks for; stop ends it (writing the profile).
+func (t runtimeTuning) apply(id string, log *slog.Logger) (stop func(), err error) {
+	if t.SysmonSlack > 0 {
+		if err := setSysmonSlack(t.SysmonSlack); err != nil {
+			log.Warn("sysmon timer slack not set", "err", err)
+		}
+	}
+	if t.CPUProfile == "" {
+		return func() {}, nil
+	}
+	path := t.CPUProfile
+	if fi, err := os.Stat(path); err == nil && fi.IsDir() {
+		path = filepath.Join(path, id+".cpu.pprof")
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	log.Info("writing a CPU profile", "path", path)
+	return func() {
+		pprof.StopCPUProfile()
+		if err := f.Close(); err != nil {
+			log.Warn("cpu profile", "err", err)
+		}
+	}, nil
+}
+
+// setSysmonSlack gives the runtime's sysmon thread a timer slack of d
+// (Linux: /proc/TID/timerslack_ns). Sysmon is the first thread the runtime
+// starts after the main one, before any package's init runs, so it is the
+// oldest thread after the main one, ordering threads by start time, then
+// thread id.
+func setSysmonSlack(d time.Duration) error {
+	ents, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return err
+	}
+	type thread struct{ tid, start uint64 }
+	pid := uint64(os.Getpid())
+	var threads []thread
+	for _, e := range ents {
+		tid, err := strconv.ParseUint(e.Name(), 10, 64)
+		if err != nil || tid == pid {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc/self/task", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// Fields after the command name in parentheses; starttime is the
+		// 22nd field of the line, the 20th after the name.
+		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+		if len(f) < 20 {
+			continue
+		}
+		start, err := strconv.ParseUint(f[19], 10, 64)
+		if err != nil {
+			continue
+		}
+		threads = append(threads, thread{tid, start})
+	}
+	if len(threads) == 0 {
+		return errors.New("no runtime thread found")
+	}
+	sysmon := slices.MinFunc(threads, func(a, b thread) int {
+		return cmp.Or(cmp.Compare(a.start, b.start), cmp.Compare(a.tid, b.tid))
+	})
+	path := fmt.Sprintf("/proc/%d/timerslack_ns", sysmon.tid)
+	if err := os.WriteFile(path, []byte(strconv.FormatInt(int64(d), 10)), 0); err != nil {
+		return fmt.Errorf("sysmon timer slack: %w", err)
+	}
+	return nil
+}
+
+// envDuration reads a duration from the environment variable name, or
+// returns def when it is unset or malformed.
+func envDuration(name string, def time.Duration) time.Duration {
+	if d, err := time.ParseDuration(os.Getenv(name)); err == nil {
+		return d
+	}
+	return def
 }

@@ -354,13 +354,20 @@ func (e *Exit) kick() {
 }
 
 // Run reads answers from the device and sends replies until ctx ends.
+//
+// It wakes only when there is something to do: data or SURBs arrived
+// (kick), or a part-filled reply or a held upload falls due. A free-running
+// flush ticker would wake an idle exit 500 times a second, each wake-up a
+// context switch that costs more than the flush.
 func (e *Exit) Run(ctx context.Context) error {
 	errc := make(chan error, 1)
 	go func() { errc <- e.readDevice(ctx) }()
-	tick := time.NewTicker(e.cfg.FlushDelay)
-	defer tick.Stop()
+	due := time.NewTimer(time.Hour)
+	due.Stop()
+	defer due.Stop()
 	expire := time.NewTicker(e.cfg.IdleTimeout / 4)
 	defer expire.Stop()
+	var f flusher
 	for {
 		select {
 		case <-ctx.Done():
@@ -371,11 +378,15 @@ func (e *Exit) Run(ctx context.Context) error {
 			}
 			return err
 		case <-e.wake:
-		case <-tick.C:
+		case <-due.C:
 		case <-expire.C:
 			e.expire()
 		}
-		e.flush()
+		if next, ok := e.flush(&f); ok {
+			due.Reset(max(next.Sub(e.cfg.Now()), 0))
+		} else {
+			due.Stop()
+		}
 	}
 }
 
@@ -455,22 +466,47 @@ func (e *Exit) remove(id session.ID, s *exitSession) {
 	e.log.Info("session closed", "v4", s.v4)
 }
 
+// flusher is the flush loop's memory, reused from one flush to the next.
+type flusher struct {
+	sessions []*exitSession
+	buf      []byte
+}
+
 // flush sends every reply that is due: full bundles at once, part-filled
-// ones after FlushDelay, control answers immediately.
-func (e *Exit) flush() {
+// ones after FlushDelay, control answers immediately. It returns when the
+// next part-filled reply or held upload falls due, if any does.
+func (e *Exit) flush(f *flusher) (next time.Time, ok bool) {
 	e.mu.Lock()
-	list := make([]*exitSession, 0, len(e.sessions))
+	f.sessions = f.sessions[:0]
 	for _, s := range e.sessions {
-		list = append(list, s)
+		f.sessions = append(f.sessions, s)
 	}
 	e.mu.Unlock()
+	if f.buf == nil {
+		f.buf = make([]byte, session.MaxMessageSize)
+	}
 	now := e.cfg.Now()
-	buf := make([]byte, session.MaxMessageSize)
-	for _, s := range list {
-		e.releaseHeld(s, now)
-		for e.flushOne(s, buf, now) {
+	later := func(t time.Time) {
+		if !ok || t.Before(next) {
+			next, ok = t, true
 		}
 	}
+	for _, s := range f.sessions {
+		e.releaseHeld(s, now)
+		for e.flushOne(s, f.buf, now) {
+		}
+		s.mu.Lock()
+		if t, held := s.order.Due(); held {
+			later(t)
+		}
+		// Without a SURB nothing can go; the SURBs' arrival kicks a flush.
+		if s.queued > 0 && len(s.surbs) > 0 {
+			later(s.oldest.Add(e.cfg.FlushDelay))
+		}
+		s.mu.Unlock()
+	}
+	clear(f.sessions) // do not keep closed sessions alive
+	return next, ok
 }
 
 // releaseHeld sends the packets of s that waited out a gap in the stream.

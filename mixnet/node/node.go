@@ -84,6 +84,9 @@ type Node struct {
 	queue   chan queued
 	sched   *schedule.Scheduler[held]
 	metrics *Metrics
+	// Children of metrics.PacketsOut, looked up once rather than by label
+	// for every packet.
+	outForward, outDeliver, outFinal prometheus.Counter
 }
 
 type queued struct {
@@ -142,6 +145,9 @@ func New(cfg Config) (*Node, error) {
 	}
 	n.sched = sched
 	n.metrics = newMetrics(cfg.Registerer, func() float64 { return float64(n.sched.Len()) })
+	n.outForward = n.metrics.PacketsOut.WithLabelValues("forward")
+	n.outDeliver = n.metrics.PacketsOut.WithLabelValues("deliver")
+	n.outFinal = n.metrics.PacketsOut.WithLabelValues("final")
 	return n, nil
 }
 
@@ -255,9 +261,9 @@ func (n *Node) last(out *sphinx.Processed) {
 		return
 	}
 	var err error
-	kind := "final"
+	kind, counter := "final", n.outFinal
 	if out.Flag == sphinx.FlagDeliver {
-		kind = "deliver"
+		kind, counter = "deliver", n.outDeliver
 		err = h.Deliver(out.Destination, out.ID, out.Payload)
 	} else {
 		err = h.Final(out.Destination, out.ID, out.Payload)
@@ -267,7 +273,7 @@ func (n *Node) last(out *sphinx.Processed) {
 		n.log.Debug("last hop refused", "kind", kind, "err", err)
 		return
 	}
-	n.metrics.PacketsOut.WithLabelValues(kind).Inc()
+	counter.Inc()
 }
 
 // release is called by the scheduler, in due order.
@@ -279,7 +285,7 @@ func (n *Node) release(h held) {
 		n.log.Debug("route failed", "next", fmt.Sprintf("%x", h.next[:4]), "err", err)
 		return
 	}
-	n.metrics.PacketsOut.WithLabelValues("forward").Inc()
+	n.outForward.Inc()
 }
 
 // discard takes back the buffers of packets the scheduler will not
