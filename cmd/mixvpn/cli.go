@@ -222,7 +222,7 @@ func (c *cli) waitState(ctx context.Context, timeout time.Duration, act func(ctx
 			return s, nil
 		}
 		ev, err := events.Recv()
-		if status.Code(err) == codes.DeadlineExceeded || errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		if status.Code(err) == codes.DeadlineExceeded || errors.Is(ctx.Err(), context.DeadlineExceeded) || endedAtDeadline(ctx, err) {
 			still := s.State.String()
 			if s.State == control.StateReconnecting && s.Error != "" {
 				still += " (" + s.Error + ")"
@@ -234,6 +234,14 @@ func (c *cli) waitState(ctx context.Context, timeout time.Duration, act func(ctx
 		}
 		st = ev.GetStatus()
 	}
+}
+
+// endedAtDeadline says whether err is the stream's clean end that the
+// daemon sends when the deadline it was given passes: it can arrive a
+// moment before this side's own timer fires.
+func endedAtDeadline(ctx context.Context, err error) bool {
+	d, ok := ctx.Deadline()
+	return errors.Is(err, io.EOF) && ok && time.Until(d) < 100*time.Millisecond
 }
 
 // inState is a done for waitState: the daemon is in state want.
