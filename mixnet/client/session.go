@@ -90,23 +90,22 @@ type Session struct {
 	done   chan struct{}
 	in     chan []byte
 
-	mu        sync.Mutex
-	isOpen    bool
-	isClosed  bool
-	v4, v6    netip.Addr
-	queue     [][]byte
-	queued    int
-	offset    int
-	packetID  uint16
-	control   []pendingControl
-	seq       uint32
-	stock     int // last stock the exit reported
-	sentSince int // SURBs sent since that report
-	lastSent  time.Time
-	reasm     session.Reassembler
-	order     session.Sequencer
-	release   *time.Timer // runs order.Release when a held packet is due
-	dropped   uint64
+	mu       sync.Mutex
+	isOpen   bool
+	isClosed bool
+	v4, v6   netip.Addr
+	queue    [][]byte
+	queued   int
+	offset   int
+	packetID uint16
+	control  []pendingControl
+	seq      uint32
+	surbs    surbBudget
+	lastSent time.Time
+	reasm    session.Reassembler
+	order    session.Sequencer
+	release  *time.Timer // runs order.Release when a held packet is due
+	dropped  uint64
 }
 
 type pendingControl struct {
@@ -133,6 +132,7 @@ func (c *Client) OpenSession(ctx context.Context) (*Session, error) {
 		c: c, cfg: c.cfg.Session, exitID: exitID,
 		wake: make(chan struct{}, 1), opened: make(chan struct{}), closed: make(chan struct{}),
 		stop: make(chan struct{}), done: make(chan struct{}), in: make(chan []byte, c.cfg.Session.InboxSize),
+		surbs: surbBudget{target: c.cfg.Session.SURBTarget},
 	}
 	cryptoRead(s.id[:])
 	s.order.Hold = s.cfg.ReorderHold
@@ -250,7 +250,7 @@ func (s *Session) flushSURBs() {
 	}
 	s.seq++
 	s.control = append(s.control, pendingControl{typ: session.RecordFlush, seq: s.seq})
-	s.stock, s.sentSince = 0, 0
+	s.surbs.flushed()
 	s.mu.Unlock()
 	s.kick()
 }
@@ -350,13 +350,12 @@ func (s *Session) next(buf []byte, rng *mrand.Rand, now time.Time) ([]byte, erro
 				s.packetID++
 			}
 		}
-		if need := s.cfg.SURBTarget - s.stock - s.sentSince; need > 0 {
-			surbs = min(need, (len(buf)-b.Len())/per)
-		}
+		surbs = s.surbs.take((len(buf) - b.Len()) / per)
 		if now.Sub(s.lastSent) >= s.cfg.KeepAlive {
-			surbs = max(surbs, (len(buf)-b.Len())/per)
+			extra := (len(buf)-b.Len())/per - surbs
+			s.surbs.sent(extra)
+			surbs += extra
 		}
-		s.sentSince += surbs
 	}
 	if !due && surbs == 0 {
 		s.mu.Unlock()
@@ -392,6 +391,7 @@ func (s *Session) handle(msg []byte, now time.Time) {
 	}
 	var out [][]byte
 	s.mu.Lock()
+	s.surbs.replied()
 	_, err := session.Parse(msg, func(r session.Record) error {
 		switch r.Type {
 		case session.RecordOpened:
@@ -407,7 +407,7 @@ func (s *Session) handle(msg []byte, now time.Time) {
 		case session.RecordAck:
 			s.answer(0, r.Seq())
 		case session.RecordStatus:
-			s.stock, s.sentSince = int(r.Stock()), 0
+			s.surbs.status(int(r.Stock()))
 		case session.RecordFragment:
 			p, off, total, data := r.Fragment()
 			pkt, err := s.reasm.Add(p, off, total, data, now)
@@ -427,6 +427,7 @@ func (s *Session) handle(msg []byte, now time.Time) {
 		s.release.Reset(due.Sub(now))
 	}
 	s.mu.Unlock()
+	s.kick() // a SURB is owed: the packer may be idle
 	if err != nil {
 		s.c.log.Debug("bad reply message", "err", err)
 	}
@@ -467,4 +468,49 @@ func (s *Session) answer(typ session.RecordType, seq uint32) bool {
 		}
 	}
 	return false
+}
+
+// surbBudget decides how many SURBs the next message carries, so that the
+// exit's stock stays near target however fast a download spends it.
+//
+// The exit reports its stock in every reply, but a report is a return
+// trip old, and a download spends a whole target in that time: steering
+// by reports alone left the exit waiting while the client sent drop
+// cover. So every reply, which cost the exit one SURB, is replaced
+// (owed), and the reported stock only tops up what replacement cannot
+// see: SURBs or replies lost on the way.
+type surbBudget struct {
+	target    int
+	stock     int // last stock the exit reported
+	sentSince int // SURBs sent since that report
+	owed      int // replies received whose SURB is not yet replaced
+}
+
+// replied counts a reply: the exit spent a SURB on it. Bounded, since
+// replacements held up for a while need no more than a target.
+func (b *surbBudget) replied() { b.owed = min(b.owed+1, b.target) }
+
+// status takes the stock the exit reported.
+func (b *surbBudget) status(stock int) {
+	b.stock, b.sentSince = stock, 0
+	if stock >= 2*b.target {
+		b.owed = 0 // plenty is there: what was owed was made up
+	}
+}
+
+// flushed starts over after the exit was told to drop its stock.
+func (b *surbBudget) flushed() { b.stock, b.sentSince, b.owed = 0, 0, 0 }
+
+// take returns how many SURBs, at most fit, the next message carries,
+// and counts them as sent.
+func (b *surbBudget) take(fit int) int {
+	n := min(max(b.owed, b.target-b.stock-b.sentSince, 0), fit)
+	b.sent(n)
+	return n
+}
+
+// sent counts n SURBs sent.
+func (b *surbBudget) sent(n int) {
+	b.sentSince += n
+	b.owed = max(0, b.owed-n)
 }
