@@ -7,15 +7,12 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun"
@@ -146,23 +143,6 @@ func startWG1Hop(h *netns.Host, name string, priv *ecdh.PrivateKey, peer *ecdh.P
 		return nil
 	})
 	return end, err
-}
-
-// linkUp gives the device in the current namespace its address and
-// brings it up.
-func linkUp(name string, addr netip.Prefix) error {
-	l, err := netlink.LinkByName(name)
-	if err != nil {
-		return fmt.Errorf("find %s: %w", name, err)
-	}
-	ipnet := &net.IPNet{IP: addr.Addr().AsSlice(), Mask: net.CIDRMask(addr.Bits(), addr.Addr().BitLen())}
-	if err := netlink.AddrAdd(l, &netlink.Addr{IPNet: ipnet, Flags: unix.IFA_F_NODAD}); err != nil {
-		return fmt.Errorf("address %v on %s: %w", addr, name, err)
-	}
-	if err := netlink.LinkSetUp(l); err != nil {
-		return fmt.Errorf("up %s: %w", name, err)
-	}
-	return nil
 }
 
 // quietTUN is a TUN whose events its device never sees, so that only an

@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -90,7 +89,7 @@ func (s *supervisor) start(name string, cmd *exec.Cmd) error {
 		return fmt.Errorf("devnet: log for %s: %w", name, err)
 	}
 	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	ownGroup(cmd)
 	if err := cmd.Start(); err != nil {
 		f.Close()
 		return fmt.Errorf("devnet: start %s: %w", name, err)
@@ -114,17 +113,17 @@ func (s *supervisor) stop(grace time.Duration) {
 	s.procs, s.names = nil, nil
 	s.mu.Unlock()
 	for _, p := range procs {
-		syscall.Kill(-p.Process.Pid, syscall.SIGTERM)
+		terminateGroup(p.Process)
 	}
 	deadline := time.Now().Add(grace)
 	for _, p := range procs {
 		for p.ProcessState == nil && time.Now().Before(deadline) {
-			if syscall.Kill(p.Process.Pid, 0) != nil {
+			if !running(p.Process) {
 				break
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
-		syscall.Kill(-p.Process.Pid, syscall.SIGKILL)
+		killGroup(p.Process)
 	}
 }
 

@@ -48,11 +48,11 @@ func socketGroup(socket string) string {
 		if err != nil {
 			continue
 		}
-		st, ok := fi.Sys().(*syscall.Stat_t)
-		if !ok || st.Gid == 0 {
+		gid, ok := fileGID(fi)
+		if !ok || gid == 0 {
 			break
 		}
-		if g, err := user.LookupGroupId(strconv.FormatUint(uint64(st.Gid), 10)); err == nil {
+		if g, err := user.LookupGroupId(strconv.FormatUint(uint64(gid), 10)); err == nil {
 			return g.Name
 		}
 		break

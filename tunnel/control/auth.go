@@ -12,9 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -24,7 +22,8 @@ import (
 
 // PeerInfo is who is at the other end of a control connection, as the
 // kernel saw it when the client connected (SO_PEERCRED). It is the
-// connection's credentials.AuthInfo.
+// connection's credentials.AuthInfo. Only Linux supplies it yet; elsewhere
+// a connection carries an unidentifiedPeer, which authorize refuses.
 type PeerInfo struct {
 	credentials.CommonAuthInfo
 	PID      int32
@@ -48,14 +47,6 @@ func (peerCredentials) ClientHandshake(context.Context, string, net.Conn) (net.C
 	return nil, nil, errors.New("control: peer credentials are for the server side only")
 }
 
-func (peerCredentials) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	info, err := peerInfo(conn)
-	if err != nil {
-		return nil, nil, err
-	}
-	return conn, info, nil
-}
-
 func (peerCredentials) Info() credentials.ProtocolInfo {
 	return credentials.ProtocolInfo{SecurityProtocol: "peercred"}
 }
@@ -64,35 +55,16 @@ func (c peerCredentials) Clone() credentials.TransportCredentials { return c }
 
 func (peerCredentials) OverrideServerName(string) error { return nil }
 
-// peerInfo reads the credentials of a Unix socket's peer.
-func peerInfo(conn net.Conn) (PeerInfo, error) {
-	sc, ok := conn.(syscall.Conn)
-	if !ok {
-		return PeerInfo{}, fmt.Errorf("control: %T is not a socket", conn)
-	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
-		return PeerInfo{}, fmt.Errorf("control: peer credentials: %w", err)
-	}
-	var cred *unix.Ucred
-	var credErr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return PeerInfo{}, fmt.Errorf("control: peer credentials: %w", err)
-	}
-	if credErr != nil {
-		return PeerInfo{}, fmt.Errorf("control: SO_PEERCRED: %w", credErr)
-	}
-	info := PeerInfo{
-		CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity},
-		PID:            cred.Pid,
-		UID:            cred.Uid,
-		GID:            cred.Gid,
-	}
-	info.Groups = procGroups(cred.Pid, cred.Uid)
-	return info, nil
+// unidentifiedPeer is the AuthInfo of a connection whose caller the
+// operating system cannot name to us. authorize refuses every call on it
+// with reason, so that the client is told why instead of seeing the
+// connection drop during the handshake.
+type unidentifiedPeer struct {
+	reason string
 }
+
+// AuthType implements credentials.AuthInfo.
+func (unidentifiedPeer) AuthType() string { return "none" }
 
 // procGroups returns the supplementary groups of pid, or nil if they cannot
 // be read or the process there is no longer the one that connected (its
@@ -182,8 +154,14 @@ func (a access) authorize(ctx context.Context, log *slog.Logger, method string) 
 	if !ok {
 		return status.Error(codes.PermissionDenied, a.deniedMessage())
 	}
-	info, ok := p.AuthInfo.(PeerInfo)
-	if !ok {
+	var info PeerInfo
+	switch ai := p.AuthInfo.(type) {
+	case PeerInfo:
+		info = ai
+	case unidentifiedPeer:
+		log.Warn("control: refused a caller it cannot identify", "method", method, "reason", ai.reason)
+		return status.Error(codes.PermissionDenied, ai.reason)
+	default:
 		return status.Error(codes.PermissionDenied, a.deniedMessage())
 	}
 	if !a.allows(info) {

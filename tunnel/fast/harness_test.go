@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"golang.org/x/net/ipv4"
-	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun"
@@ -195,22 +194,6 @@ func (b *loopbackBind) port() uint16 {
 // socketBuffer is what wireguard-go asks for its sockets: enough that a
 // burst from a fast sender is not dropped before the reader runs.
 const socketBuffer = 7 << 20
-
-// bigBuffers gives c wireguard-go's socket buffers, forcing past the sysctl
-// limits as root and settling for those limits otherwise.
-func bigBuffers(c *net.UDPConn) error {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return err
-	}
-	return rc.Control(func(fd uintptr) {
-		for _, opt := range [][2]int{{unix.SO_RCVBUFFORCE, unix.SO_RCVBUF}, {unix.SO_SNDBUFFORCE, unix.SO_SNDBUF}} {
-			if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, opt[0], socketBuffer) != nil {
-				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, opt[1], socketBuffer)
-			}
-		}
-	})
-}
 
 // relay is the entry gateway's forwarding as a tun.Device for its
 // wireguard-go device. A real entry routes the client's inner datagrams in its
