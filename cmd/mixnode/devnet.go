@@ -364,6 +364,18 @@ func runDevnet(ctx context.Context, o devnetOptions) error {
 				dev = noDevice
 			}
 			cfg.Exit = &exitConfig{Device: dev, Prefix4: pool[0], Prefix6: pool[1]}
+			if os.Geteuid() == 0 {
+				// The internet host's DNS server (port 53 on all its
+				// addresses) is the resolver the exits offer, as a real
+				// exit offers its own: a client that names none resolves
+				// through its tunnel. Without root exits carry no IP
+				// and the server is on port 5353, so they offer none.
+				for _, inet := range plan {
+					if inet.Role == "internet" {
+						cfg.Exit.DNS = []string{inet.Addr4.String(), inet.Addr6.String()}
+					}
+				}
+			}
 		case "internet":
 			args := append([]string{"internet", "--name", "internet.mixvpn.test=" + h.Addr4.String(),
 				"--name", "internet.mixvpn.test=" + h.Addr6.String()}, internetPorts...)

@@ -73,6 +73,31 @@ type exitConfig struct {
 	Device  string `json:"device,omitempty"`
 	Prefix4 string `json:"prefix4"`
 	Prefix6 string `json:"prefix6"`
+	// DNS are resolvers the exit's clients reach through it (its own, or
+	// one it trusts), published in its descriptor: clients whose user
+	// named no resolver use them, so that their lookups leave by the exit
+	// like the rest of their traffic. An exit without them leaves such
+	// clients unable to connect, never resolving outside the tunnel.
+	DNS []string `json:"dns,omitempty"`
+}
+
+// dns parses the exit's resolvers and checks them as the directory will.
+func (e *exitConfig) dns() ([]netip.Addr, error) {
+	if len(e.DNS) > directory.MaxDNS {
+		return nil, fmt.Errorf("exit.dns has %d addresses: at most %d", len(e.DNS), directory.MaxDNS)
+	}
+	var out []netip.Addr
+	for _, s := range e.DNS {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("exit.dns: %q is not an IP address", s)
+		}
+		if err := directory.CheckResolver(a); err != nil {
+			return nil, fmt.Errorf("exit.dns: %w", err)
+		}
+		out = append(out, a)
+	}
+	return out, nil
 }
 
 // duration is a time.Duration written as "15ms", "1h".
@@ -135,6 +160,14 @@ func (c *nodeConfig) validate() error {
 	}
 	if c.Role == "exit" && c.Exit == nil {
 		return errors.New("an exit needs an \"exit\" section with its address pools")
+	}
+	if c.Exit != nil {
+		if c.Role != "exit" && len(c.Exit.DNS) > 0 {
+			return errors.New("exit.dns is for exits")
+		}
+		if _, err := c.Exit.dns(); err != nil {
+			return err
+		}
 	}
 	if c.WireGuard != nil && c.Role == "mix" {
 		return errors.New("only gateways run WireGuard")
@@ -274,6 +307,12 @@ func runNode(ctx context.Context, c *nodeConfig, log *slog.Logger) error {
 		}
 		if cfg.Prefix6, err = netip.ParsePrefix(c.Exit.Prefix6); err != nil {
 			return fmt.Errorf("exit prefix6: %w", err)
+		}
+		if cfg.DNS, err = c.Exit.dns(); err != nil {
+			return err
+		}
+		if len(cfg.DNS) == 0 {
+			log.Warn("exit advertises no DNS resolver (exit.dns): clients that set none cannot connect through it")
 		}
 		if c.Exit.Device == noDevice {
 			log.Warn("exit has no packet device: sessions open, IP packets are dropped")

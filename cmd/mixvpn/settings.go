@@ -44,7 +44,9 @@ func (c *cli) settingsCommand() *cobra.Command {
 		Short: "Change settings; the others keep their values",
 		Long: "Change settings; the others keep their values. Keys:\n\n" +
 			"  kill_switch, lockdown, ipv6, allow_lan, auto_connect   true or false\n" +
-			"  dns_servers      IP addresses separated by commas; empty for the gateway's\n" +
+			"  dns_servers      IP addresses separated by commas; empty (or exit) for the exit's\n" +
+			"                   resolvers, reached through the tunnel: connecting fails through\n" +
+			"                   an exit that provides none, rather than use the local network's\n" +
 			"  entry, exit      a gateway ID, a country code in capitals, or any\n" +
 			"  mode             fast or anonymous\n" +
 			"  mix_rate         packets per second in Anonymous mode\n" +
@@ -133,7 +135,9 @@ func setField(s *pb.Settings, key, val string) error {
 		return parseBool(&s.AutoConnect)
 	case "dns_servers":
 		s.DnsServers = nil
-		if val != "" && val != "gateway" {
+		// "exit", as the settings print an empty list, and "gateway", as
+		// they used to.
+		if val != "" && val != "exit" && val != "gateway" {
 			for _, a := range strings.Split(val, ",") {
 				s.DnsServers = append(s.DnsServers, strings.TrimSpace(a))
 			}
@@ -207,7 +211,7 @@ func writeSettings(w io.Writer, p *pb.Settings, asJSON bool) error {
 	}
 	dnsText := strings.Join(dns, ",")
 	if dnsText == "" {
-		dnsText = "gateway"
+		dnsText = "exit"
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	for _, row := range [][2]string{

@@ -28,17 +28,19 @@ import (
 type options struct {
 	tun, directory, directoryKey, socket, group string
 	settings, systemSettings, resolvConf        string
-	state, lockdownRuleset                      string
+	state, lockdownRuleset, resolvConfBackup    string
 	debug                                       bool
 }
 
 // Defaults of the daemon's files: its state lives in one directory
-// (systemd's StateDirectory), and the state file and the boot ruleset sit
-// beside the settings unless placed elsewhere.
+// (systemd's StateDirectory), and the state file, the boot ruleset and
+// the backup of resolv.conf sit beside the settings unless placed
+// elsewhere.
 const (
-	defaultSettings     = "/var/lib/mixvpn/settings.json"
-	stateFileName       = "state.json"
-	lockdownRulesetName = "lockdown.nft"
+	defaultSettings      = "/var/lib/mixvpn/settings.json"
+	stateFileName        = "state.json"
+	lockdownRulesetName  = "lockdown.nft"
+	resolvConfBackupName = "resolv.conf.backup"
 )
 
 func main() {
@@ -63,7 +65,7 @@ func command() *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.tun, "tun", "mixvpn0", "name of the TUN device")
-	f.StringVar(&o.directory, "directory", os.Getenv("MIXVPN_DIRECTORY"), "directory authority URL (env MIXVPN_DIRECTORY)")
+	f.StringVar(&o.directory, "directory", os.Getenv("MIXVPN_DIRECTORY"), "directory authority URL naming it by IP address, http(s)://IP[:port] (env MIXVPN_DIRECTORY)")
 	f.StringVar(&o.directoryKey, "directory-key", os.Getenv("MIXVPN_DIRECTORY_KEY"), "the directory's base64 ed25519 key, pinned (env MIXVPN_DIRECTORY_KEY)")
 	f.StringVar(&o.socket, "socket", control.DefaultSocketPath, "control socket")
 	f.StringVar(&o.group, "group", control.DefaultGroup, "group allowed to use the control socket")
@@ -72,6 +74,7 @@ func command() *cobra.Command {
 	f.StringVar(&o.lockdownRuleset, "lockdown-ruleset", "", "nft script written while lockdown is on, for mixvpn-lockdown.service to load at boot (default "+lockdownRulesetName+" beside --settings)")
 	f.StringVar(&o.systemSettings, "system-settings", "/etc/mixvpn/settings.json", "settings preset by the administrator")
 	f.StringVar(&o.resolvConf, "resolv-conf", "", "resolv.conf to manage when systemd-resolved is not running (default /etc/resolv.conf)")
+	f.StringVar(&o.resolvConfBackup, "resolv-conf-backup", "", "where the original resolv.conf is kept while the tunnel's is in place, and found after a crash (default "+resolvConfBackupName+" beside --settings)")
 	f.BoolVar(&o.debug, "debug", false, "debug logging")
 	return cmd
 }
@@ -91,6 +94,11 @@ func run(ctx context.Context, o options) error {
 	if o.lockdownRuleset == "" {
 		o.lockdownRuleset = filepath.Join(filepath.Dir(o.settings), lockdownRulesetName)
 	}
+	if o.resolvConfBackup == "" {
+		// The state directory, which the unit lets the daemon write and
+		// which, unlike /run, outlives a reboot as resolv.conf does.
+		o.resolvConfBackup = filepath.Join(filepath.Dir(o.settings), resolvConfBackupName)
+	}
 	key, err := base64.StdEncoding.DecodeString(o.directoryKey)
 	if err != nil || len(key) != 32 {
 		return errors.New("--directory-key must be the directory's base64 ed25519 public key")
@@ -104,7 +112,7 @@ func run(ctx context.Context, o options) error {
 		dev.Close()
 		return err
 	}
-	dc, err := dns.New(dns.Options{Logger: log, ResolvConf: o.resolvConf})
+	dc, err := dns.New(dns.Options{Logger: log, ResolvConf: o.resolvConf, Backup: o.resolvConfBackup})
 	if err != nil {
 		dev.Close()
 		return err

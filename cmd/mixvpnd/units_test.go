@@ -115,6 +115,24 @@ func TestDaemonUnit(t *testing.T) {
 	if filepath.Dir(flag("settings")) != state || !slices.Contains(u.words("Service", "ReadWritePaths"), state) {
 		t.Errorf("settings %s are not in the writable state directory %s", flag("settings"), state)
 	}
+	// resolv.conf is the one file under /etc the daemon may write, and
+	// only in place (see platform/dns); a machine without one must
+	// still start it, hence '-'. Its backup is in the state directory.
+	for _, p := range u.words("Service", "ReadWritePaths") {
+		if strings.HasPrefix(strings.TrimPrefix(p, "-"), "/etc") && p != "-/etc/resolv.conf" {
+			t.Errorf("ReadWritePaths %s: under /etc, only -/etc/resolv.conf", p)
+		}
+	}
+	if !slices.Contains(u.words("Service", "ReadWritePaths"), "-/etc/resolv.conf") {
+		t.Error("ReadWritePaths lacks -/etc/resolv.conf: without resolved, DNS could not be set")
+	}
+	backup := flag("resolv-conf-backup")
+	if backup == "" {
+		backup = filepath.Join(filepath.Dir(flag("settings")), resolvConfBackupName)
+	}
+	if filepath.Dir(backup) != state {
+		t.Errorf("the resolv.conf backup %s is not in the state directory %s", backup, state)
+	}
 	if want := "/run/" + u.one(t, "Service", "RuntimeDirectory"); filepath.Dir(flag("socket")) != want {
 		t.Errorf("socket %s is not in the runtime directory %s", flag("socket"), want)
 	}

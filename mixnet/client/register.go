@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 
 	"github.com/mixvpn/mixvpn/mixnet/directory"
 	"github.com/mixvpn/mixvpn/mixnet/gateway"
@@ -24,6 +25,10 @@ type RegisterConfig struct {
 	EntryRequest, ExitRequest register.Request
 	// LinkKey is the client's link identity; zero makes a fresh one.
 	LinkKey link.KeyPair
+	// DialLink, if set, opens the TCP connection to the entry (see
+	// link.DialWith), as ConnectConfig.DialLink does: a daemon marks it
+	// there so that it goes around the tunnel already up.
+	DialLink func(ctx context.Context, addr string) (net.Conn, error)
 }
 
 // Register registers with both gateways of a Fast-mode path at once. The
@@ -82,7 +87,7 @@ func Register(ctx context.Context, cfg RegisterConfig) (entry, exit *register.Re
 
 	entryAns := make(chan []byte, 1)
 	exitAns := make(chan []byte, 1)
-	c, err := link.Dial(ctx, cfg.Entry.Address, cfg.Entry.LinkPublicKey(), link.Config{Static: key, Handler: func(_ *link.Conn, t link.FrameType, body []byte) {
+	c, err := link.DialWith(ctx, cfg.DialLink, cfg.Entry.Address, cfg.Entry.LinkPublicKey(), link.Config{Static: key, Handler: func(_ *link.Conn, t link.FrameType, body []byte) {
 		switch t {
 		case link.FrameControl:
 			select {

@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"net"
 	"net/netip"
 	"testing"
 	"time"
@@ -30,13 +31,25 @@ func TestRegisterWithEntryAndThroughItWithExit(t *testing.T) {
 	}
 	entryKey, exitKey := [32]byte{1, 2, 3}, [32]byte{4, 5, 6}
 	start := time.Now()
+	// The link to the entry goes through the caller's dial, where a
+	// daemon marks it.
+	var dialed []string
+	dial := func(ctx context.Context, addr string) (net.Conn, error) {
+		dialed = append(dialed, addr)
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", addr)
+	}
 	er, xr, err := Register(ctx, RegisterConfig{
 		Epoch: doc.Epoch, Entry: doc.ByID("entry"), Exit: doc.ByID("exit"),
 		EntryRequest: register.Request{Version: register.Version, PublicKey: entryKey[:]},
 		ExitRequest:  register.Request{Version: register.Version, PublicKey: exitKey[:]},
+		DialLink:     dial,
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if len(dialed) != 1 || dialed[0] != doc.ByID("entry").Address {
+		t.Fatalf("dialed %v, want the entry alone", dialed)
 	}
 	t.Logf("registered with both gateways in %v", time.Since(start))
 	if !er.Addr4.Is4() || !xr.Addr4.Is4() || er.ServerKey[0] == xr.ServerKey[0] {

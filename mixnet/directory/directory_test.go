@@ -9,8 +9,11 @@ import (
 	"errors"
 	"fmt"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -61,7 +64,13 @@ func testDocument(t testing.TB, epoch uint64) *Document {
 	}
 	doc.Nodes[0].Country = "DE"
 	doc.Nodes[4].Country = "CH"
+	doc.Nodes[4].DNS = testDNS()
 	return doc
+}
+
+// testDNS is what the test document's exit advertises.
+func testDNS() []netip.Addr {
+	return []netip.Addr{netip.MustParseAddr("198.51.100.80"), netip.MustParseAddr("fd6d:7876::80")}
 }
 
 func TestDocumentSignVerify(t *testing.T) {
@@ -81,6 +90,12 @@ func TestDocumentSignVerify(t *testing.T) {
 	}
 	if doc.ByAddress(doc.Nodes[1].MixAddress()).ID != "mix-1" {
 		t.Fatal("lookup by address")
+	}
+	if got := doc.ByID("exit-1").DNS; !slices.Equal(got, testDNS()) {
+		t.Fatalf("exit's DNS came back as %v, want %v", got, testDNS())
+	}
+	if got := doc.ByID("entry-1").DNS; got != nil {
+		t.Fatalf("entry's DNS came back as %v", got)
 	}
 
 	// Tampering with any byte of the body breaks the signature.
@@ -125,6 +140,18 @@ func TestDocumentRejectsBadNodes(t *testing.T) {
 		"short link key":    func(d *Document) { d.Nodes[0].LinkKey = d.Nodes[0].LinkKey[:31] },
 		"bad country":       func(d *Document) { d.Nodes[0].Country = "Germany" },
 		"bad address":       func(d *Document) { d.Nodes[0].Address = "nowhere" },
+		"DNS on an entry":   func(d *Document) { d.Nodes[0].DNS = testDNS() },
+		"DNS on a mix":      func(d *Document) { d.Nodes[1].DNS = testDNS() },
+		"empty DNS":         func(d *Document) { d.Nodes[4].DNS = []netip.Addr{{}} },
+		"loopback DNS":      func(d *Document) { d.Nodes[4].DNS = []netip.Addr{netip.MustParseAddr("127.0.0.53")} },
+		"link-local DNS":    func(d *Document) { d.Nodes[4].DNS = []netip.Addr{netip.MustParseAddr("fe80::1")} },
+		"zoned DNS":         func(d *Document) { d.Nodes[4].DNS = []netip.Addr{netip.MustParseAddr("fd00::1%eth0")} },
+		"unspecified DNS":   func(d *Document) { d.Nodes[4].DNS = []netip.Addr{netip.IPv4Unspecified()} },
+		"multicast DNS":     func(d *Document) { d.Nodes[4].DNS = []netip.Addr{netip.MustParseAddr("224.0.0.251")} },
+		"mapped DNS":        func(d *Document) { d.Nodes[4].DNS = []netip.Addr{netip.MustParseAddr("::ffff:198.51.100.80")} },
+		"too many DNS": func(d *Document) {
+			d.Nodes[4].DNS = slices.Repeat([]netip.Addr{netip.MustParseAddr("198.51.100.80")}, MaxDNS+1)
+		},
 	}
 	for name, mutate := range cases {
 		doc := testDocument(t, 0)
@@ -132,6 +159,52 @@ func TestDocumentRejectsBadNodes(t *testing.T) {
 		if _, err := SignDocument(doc, auth); !errors.Is(err, ErrInvalidNode) {
 			t.Errorf("%s: %v", name, err)
 		}
+	}
+}
+
+// The resolvers an exit advertises are parsed as strictly as the rest:
+// a name where an address belongs, or a field this version does not
+// know, makes the whole document malformed rather than half read.
+func TestDocumentDNSIsStrict(t *testing.T) {
+	auth := deterministicKey(1)
+	pub := auth.Public().(ed25519.PublicKey)
+	doc := testDocument(t, 0)
+	doc.Version = FormatVersion
+	body, err := json.Marshal(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := `"dns":["198.51.100.80","fd6d:7876::80"]`
+	if !strings.Contains(string(body), good) {
+		t.Fatalf("the exit's DNS is not in the body as %s:\n%s", good, body)
+	}
+	for name, bad := range map[string]string{
+		"a name":        `"dns":["resolver.example"]`,
+		"a number":      `"dns":[53]`,
+		"not a list":    `"dns":"198.51.100.80"`,
+		"unknown field": `"dns_servers":["198.51.100.80"]`,
+	} {
+		raw, err := sign(json.RawMessage(strings.Replace(string(body), good, bad, 1)), auth)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Verify(raw, pub, genesis.Add(time.Minute)); !errors.Is(err, ErrMalformed) {
+			t.Errorf("%s: %v, want ErrMalformed", name, err)
+		}
+	}
+	// A descriptor round-trips its DNS through signing and opening.
+	d := testDescriptor(t, "exit-9", RoleExit, 0, 99, 0)
+	d.DNS = testDNS()
+	raw, err := SignDescriptor(d, deterministicKey(99))
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := OpenDescriptor(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(back.DNS, testDNS()) {
+		t.Fatalf("descriptor DNS %v, want %v", back.DNS, testDNS())
 	}
 }
 
@@ -162,6 +235,9 @@ func TestAuthorityPublishersAndFetcher(t *testing.T) {
 			}
 			d := testDescriptor(t, id, role, layer, n)
 			d.SphinxKeys = keys
+			if role == RoleExit {
+				d.DNS = testDNS()
+			}
 			return d, nil
 		}}
 		return p.Publish(context.Background())
@@ -186,6 +262,10 @@ func TestAuthorityPublishersAndFetcher(t *testing.T) {
 	}
 	if doc.Epoch != 0 || len(doc.Nodes) != 2 {
 		t.Fatalf("epoch %d with %d nodes", doc.Epoch, len(doc.Nodes))
+	}
+	// The exit's resolvers reach clients through the authority.
+	if got := doc.ByID("exit-1").DNS; !slices.Equal(got, testDNS()) {
+		t.Fatalf("exit's DNS in the document %v, want %v", got, testDNS())
 	}
 	mix := doc.ByID("mix-1")
 	if _, err := mix.SphinxKey(1); err != nil {

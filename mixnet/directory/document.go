@@ -41,6 +41,11 @@ const (
 // Layers is the number of mix layers.
 const Layers = 3
 
+// MaxDNS bounds the resolvers an exit may advertise: as many as a
+// resolv.conf honours, and then some, but never enough to bloat the
+// document.
+const MaxDNS = 4
+
 // Errors from parsing and verification.
 var (
 	ErrUnsigned     = errors.New("directory: document is not signed")
@@ -77,8 +82,13 @@ type Descriptor struct {
 	Country     string     `json:"country,omitempty"`
 	WireGuard   *WireGuard `json:"wireguard,omitempty"`
 	// Control is a gateway's registration API address, if any.
-	Control   string    `json:"control,omitempty"`
-	Published time.Time `json:"published"`
+	Control string `json:"control,omitempty"`
+	// DNS are the resolvers an exit offers its clients: addresses that
+	// its tunnels reach through it, which clients use when the user named
+	// none, so that their lookups leave by the exit like the rest of
+	// their traffic and not by the local network's resolver. Exits only.
+	DNS       []netip.Addr `json:"dns,omitempty"`
+	Published time.Time    `json:"published"`
 }
 
 // MixAddress is the node's address in Sphinx routing information: the
@@ -144,6 +154,17 @@ func (d *Descriptor) validate() error {
 			return bad("Sphinx key for epoch %d: %v", k.Epoch, err)
 		}
 	}
+	if len(d.DNS) > 0 && d.Role != RoleExit {
+		return bad("only an exit advertises DNS resolvers")
+	}
+	if len(d.DNS) > MaxDNS {
+		return bad("%d DNS resolvers, at most %d", len(d.DNS), MaxDNS)
+	}
+	for _, a := range d.DNS {
+		if err := CheckResolver(a); err != nil {
+			return bad("DNS resolver: %v", err)
+		}
+	}
 	if wg := d.WireGuard; wg != nil {
 		if len(wg.PublicKey) != 32 {
 			return bad("WireGuard key of %d bytes", len(wg.PublicKey))
@@ -151,6 +172,25 @@ func (d *Descriptor) validate() error {
 		if _, err := netip.ParseAddrPort(wg.Endpoint); err != nil {
 			return bad("WireGuard endpoint: %v", err)
 		}
+	}
+	return nil
+}
+
+// CheckResolver reports why a cannot be a resolver an exit advertises:
+// it refuses what a client could not reach through the tunnel, addresses
+// that stay on the client's own machine or link, and ones that are no
+// single host's. Nodes check their configuration with it before the
+// directory would refuse their descriptor.
+func CheckResolver(a netip.Addr) error {
+	switch {
+	case !a.IsValid():
+		return errors.New("empty address")
+	case a.Zone() != "":
+		return fmt.Errorf("%s has a zone", a)
+	case a.IsUnspecified(), a.IsLoopback(), a.IsMulticast(), a.IsLinkLocalUnicast():
+		return fmt.Errorf("%s is not reachable through a tunnel", a)
+	case a.Is4In6():
+		return fmt.Errorf("%s is IPv4-mapped: write it as IPv4", a)
 	}
 	return nil
 }

@@ -107,8 +107,19 @@ type Conn struct {
 
 // Dial connects to addr and authenticates it as the holder of peerKey.
 func Dial(ctx context.Context, addr string, peerKey [32]byte, cfg Config) (*Conn, error) {
-	var d net.Dialer
-	nc, err := d.DialContext(ctx, "tcp", addr)
+	return DialWith(ctx, nil, addr, peerKey, cfg)
+}
+
+// DialWith is Dial over the connection dial opens to addr (a plain TCP
+// dial if nil). The dial hook is where OS code tunes the socket, such as
+// a client's mark that keeps the link out of its own tunnel, without
+// this package knowing the OS.
+func DialWith(ctx context.Context, dial func(ctx context.Context, addr string) (net.Conn, error), addr string, peerKey [32]byte, cfg Config) (*Conn, error) {
+	if dial == nil {
+		var d net.Dialer
+		dial = func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
+	}
+	nc, err := dial(ctx, addr)
 	if err != nil {
 		return nil, fmt.Errorf("link: dial %s: %w", addr, err)
 	}

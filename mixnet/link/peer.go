@@ -3,7 +3,6 @@ package link
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -148,19 +147,7 @@ func (p *Peer) Run(ctx context.Context) error {
 
 // dial makes one link to the remote side, through cfg.Dial if set.
 func (p *Peer) dial(ctx context.Context) (*Conn, error) {
-	if p.cfg.Dial == nil {
-		return Dial(ctx, p.cfg.Addr, p.cfg.Key, p.cfg.Config)
-	}
-	nc, err := p.cfg.Dial(ctx, p.cfg.Addr)
-	if err != nil {
-		return nil, fmt.Errorf("link: dial %s: %w", p.cfg.Addr, err)
-	}
-	c, err := Client(ctx, nc, p.cfg.Key, p.cfg.Config)
-	if err != nil {
-		nc.Close()
-		return nil, err
-	}
-	return c, nil
+	return DialWith(ctx, p.cfg.Dial, p.cfg.Addr, p.cfg.Key, p.cfg.Config)
 }
 
 func (p *Peer) setConn(c *Conn) {

@@ -65,6 +65,10 @@ type Config struct {
 	// answers clients' registration requests (Fast mode).
 	WireGuard *directory.WireGuard
 	Registry  *gateway.Registry
+	// DNS (exits only) are resolvers that the exit's clients reach through
+	// it, published in the descriptor so that clients whose user named
+	// none resolve through the exit and not through their local network.
+	DNS []netip.Addr
 	// Ready, if set, is called once the node listens and has published.
 	Ready func()
 	// OnDocument, if set, is called with every new verified directory
@@ -159,6 +163,19 @@ func Build(cfg Config) (*Node, func(context.Context) error, error) {
 	if cfg.Advertise == "" {
 		cfg.Advertise = cfg.Listen
 	}
+	if len(cfg.DNS) > 0 && cfg.Role != directory.RoleExit {
+		// The directory would refuse the descriptor at every publication;
+		// better to say so once, at start.
+		return nil, nil, fmt.Errorf("server: only an exit advertises DNS resolvers, not a %s", cfg.Role)
+	}
+	if len(cfg.DNS) > directory.MaxDNS {
+		return nil, nil, fmt.Errorf("server: %d DNS resolvers, at most %d", len(cfg.DNS), directory.MaxDNS)
+	}
+	for _, a := range cfg.DNS {
+		if err := directory.CheckResolver(a); err != nil {
+			return nil, nil, fmt.Errorf("server: DNS resolver: %w", err)
+		}
+	}
 	if cfg.PublishInterval <= 0 {
 		cfg.PublishInterval = 30 * time.Second
 	}
@@ -246,6 +263,7 @@ func Build(cfg Config) (*Node, func(context.Context) error, error) {
 			return &directory.Descriptor{
 				ID: cfg.ID, Role: cfg.Role, Layer: cfg.Layer, Country: cfg.Country,
 				Address: cfg.Advertise, LinkKey: linkKey.Public[:], SphinxKeys: pub, WireGuard: cfg.WireGuard,
+				DNS: cfg.DNS,
 			}, nil
 		},
 	}

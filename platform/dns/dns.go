@@ -1,8 +1,9 @@
 // Package dns points the system's resolver at the tunnel's DNS servers, so
 // that names are looked up inside the tunnel and not by the local
 // network's resolver. On Linux it asks systemd-resolved for that when it
-// runs, and otherwise rewrites /etc/resolv.conf, keeping the original in a
-// backup that survives a crash of the daemon.
+// runs, and otherwise rewrites /etc/resolv.conf in place, keeping the
+// original in a backup in the daemon's state directory that survives a
+// crash of the daemon: the next start puts it back.
 package dns
 
 import (
@@ -20,8 +21,9 @@ type Configurator interface {
 	// the previous Set.
 	Set(ctx context.Context, cfg Config) error
 	// Restore puts back the configuration found before the first Set,
-	// including one left behind by an earlier run that crashed. It is
-	// safe to call when nothing was set.
+	// including one left behind by an earlier run that crashed, unless
+	// someone else has replaced what Set wrote since (then theirs is
+	// newer, and stays). It is safe to call when nothing was set.
 	Restore() error
 }
 
@@ -43,15 +45,22 @@ type Options struct {
 	// temporary file.
 	ResolvConf string
 	// Backup is where the original resolv.conf is kept while the tunnel
-	// runs; it defaults to ResolvConf with ".mixvpn-backup" appended. It
-	// must be on the same file system as ResolvConf, for the atomic
-	// rename that restores it.
+	// runs; it defaults to DefaultBackup. It belongs in the daemon's state
+	// directory, not beside ResolvConf: a sandboxed daemon may write
+	// resolv.conf itself (in place) but nothing else under /etc. And it
+	// must be on a disk, not a tmpfs such as /run, since resolv.conf is:
+	// after a crash and a reboot the next start still finds and restores
+	// it.
 	Backup string
 	// DBusAddress is the bus to find systemd-resolved on; empty means the
 	// system bus. Tests point it at a bus of their own (or at nothing, to
 	// force the resolv.conf path).
 	DBusAddress string
 }
+
+// DefaultBackup is Options.Backup's default, in the state directory the
+// daemon's systemd unit gives it (StateDirectory=mixvpn).
+const DefaultBackup = "/var/lib/mixvpn/resolv.conf.backup"
 
 // Validate reports whether cfg can be set. Domains end up in resolv.conf
 // and in D-Bus calls, so anything that is not a plain domain name is
@@ -81,10 +90,16 @@ func (c Config) Validate() error {
 	return nil
 }
 
+// ownHeader starts every resolv.conf the package writes. Restore puts the
+// original back only over a file that starts with it: one that does not
+// was rewritten since by someone else (a network manager at boot, after
+// a crash), and is newer than the backup.
+const ownHeader = "# Written by mixvpn while its tunnel is up; "
+
 // resolvConf is the file written in place of the original.
 func resolvConf(cfg Config, backup string) []byte {
 	var b strings.Builder
-	fmt.Fprintf(&b, "# Written by mixvpn while its tunnel is up; the original is in %s\n", backup)
+	fmt.Fprintf(&b, "%sthe original is in %s\n", ownHeader, backup)
 	fmt.Fprintf(&b, "# and comes back when the tunnel stops.\n")
 	for _, s := range cfg.Servers {
 		fmt.Fprintf(&b, "nameserver %s\n", s.Unmap().WithZone(""))

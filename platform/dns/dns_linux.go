@@ -7,11 +7,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -81,7 +83,7 @@ func New(opts Options) (Configurator, error) {
 		c.resolvConf = "/etc/resolv.conf"
 	}
 	if c.backup == "" {
-		c.backup = c.resolvConf + ".mixvpn-backup"
+		c.backup = DefaultBackup
 	}
 	if _, err := os.Lstat(c.backup); err == nil {
 		c.log.Warn("found the resolv.conf backup of an earlier run that did not restore it; Restore will put it back", "backup", c.backup)
@@ -242,17 +244,28 @@ func (c *linuxConfigurator) revertLink(ctx context.Context, idx int32) error {
 
 // setFile saves the original resolv.conf once, then overwrites it. A
 // backup already there holds the original, from this run or a crashed
-// one, and must not be replaced by our own file.
+// one, and must not be replaced by our own file; but if resolv.conf is no
+// longer ours, someone rewrote it since the backup was taken (a network
+// manager, at boot after a crash) and the backup is stale.
 func (c *linuxConfigurator) setFile(cfg Config) error {
-	if _, err := os.Lstat(c.backup); errors.Is(err, fs.ErrNotExist) {
-		if err := c.saveBackup(); err != nil {
-			return err
+	_, err := os.Lstat(c.backup)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		err = c.saveBackup()
+	case err != nil:
+		err = fmt.Errorf("dns: backup: %w", err)
+	default:
+		var ours bool
+		if ours, err = c.ours(); err == nil && !ours {
+			c.log.Warn("resolv.conf changed since the backup was taken; backing it up again", "resolv_conf", c.resolvConf, "backup", c.backup)
+			err = c.saveBackup()
 		}
-	} else if err != nil {
-		return fmt.Errorf("dns: backup: %w", err)
 	}
-	if err := writeAtomic(c.resolvConf, resolvConf(cfg, c.backup), 0o644); err != nil {
-		return fmt.Errorf("dns: write %s: %w", c.resolvConf, err)
+	if err != nil {
+		return err
+	}
+	if err := c.writeResolvConf(resolvConf(cfg, c.backup)); err != nil {
+		return err
 	}
 	if len(cfg.Servers) > 3 {
 		c.log.Warn("resolv.conf readers use only the first three servers", "servers", len(cfg.Servers))
@@ -261,10 +274,89 @@ func (c *linuxConfigurator) setFile(cfg Config) error {
 	return nil
 }
 
+// ours reports whether resolv.conf is a file this package wrote, or one
+// whose writing a crash cut short (empty, or part of our header): only
+// then is the backup the original to go back to. A missing file counts as
+// ours, since nobody put anything newer there; a symlink does not, since
+// Set replaces links with files.
+func (c *linuxConfigurator) ours() (bool, error) {
+	fi, err := os.Lstat(c.resolvConf)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return true, nil
+	case err != nil:
+		return false, fmt.Errorf("dns: %w", err)
+	case !fi.Mode().IsRegular():
+		return false, nil
+	}
+	f, err := os.OpenFile(c.resolvConf, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return false, fmt.Errorf("dns: %w", err)
+	}
+	defer f.Close()
+	head := make([]byte, len(ownHeader))
+	n, err := io.ReadFull(f, head)
+	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
+		return false, fmt.Errorf("dns: read %s: %w", c.resolvConf, err)
+	}
+	return strings.HasPrefix(ownHeader, string(head[:n])), nil
+}
+
+// writeResolvConf puts data in resolv.conf. A file is written in place:
+// under the daemon's sandbox resolv.conf is a bind mount of itself
+// (ReadWritePaths=-/etc/resolv.conf), which can be written but neither
+// renamed over nor removed. A symlink is replaced by a file, never written
+// through: the file it points at belongs to another program (resolved,
+// NetworkManager, resolvconf) that would rewrite it behind the tunnel's
+// back. Replacing a link, like creating a missing file, takes write access
+// to the directory, which the sandbox does not give.
+func (c *linuxConfigurator) writeResolvConf(data []byte) error {
+	fi, err := os.Lstat(c.resolvConf)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		err = writeInPlace(c.resolvConf, data, 0o644, true)
+	case err != nil:
+	case fi.Mode()&fs.ModeSymlink != 0:
+		target, _ := os.Readlink(c.resolvConf)
+		if err = writeAtomic(c.resolvConf, data, 0o644); err != nil {
+			return fmt.Errorf("dns: %s links to %s, which mixvpn replaces with a file of its own while the tunnel is up, but cannot: %w; %s",
+				c.resolvConf, target, err, linkHint(target, filepath.Dir(c.resolvConf)))
+		}
+	case !fi.Mode().IsRegular():
+		err = fmt.Errorf("not a regular file but %v", fi.Mode().Type())
+	default:
+		err = writeInPlace(c.resolvConf, data, 0, false)
+	}
+	if err != nil {
+		return fmt.Errorf("dns: write %s: %w%s", c.resolvConf, err, accessHint(err))
+	}
+	return nil
+}
+
+// linkHint says what to do about a resolv.conf linking to target that
+// could not be replaced.
+func linkHint(target, dir string) string {
+	if strings.Contains(target, "systemd/resolve") {
+		return "it is systemd-resolved's, which is not running: start systemd-resolved, and mixvpn sets DNS through it"
+	}
+	return "use systemd-resolved, or let mixvpnd write " + dir + " (a drop-in with ReadWritePaths=" + dir + ")"
+}
+
+// accessHint explains a write refused by the file system or the sandbox.
+func accessHint(err error) string {
+	if errors.Is(err, unix.EROFS) || errors.Is(err, fs.ErrPermission) || errors.Is(err, unix.EBUSY) {
+		return " (mixvpnd may not write it here: use systemd-resolved, or give it write access to the file, as mixvpnd.service does with ReadWritePaths=-/etc/resolv.conf)"
+	}
+	return ""
+}
+
 // saveBackup copies resolv.conf as it is: a symlink (to resolved's or
 // NetworkManager's file) stays a symlink, and a missing file is recorded
 // as missing.
 func (c *linuxConfigurator) saveBackup() error {
+	if err := os.MkdirAll(filepath.Dir(c.backup), 0o700); err != nil {
+		return fmt.Errorf("dns: backup directory: %w", err)
+	}
 	fi, err := os.Lstat(c.resolvConf)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -282,13 +374,18 @@ func (c *linuxConfigurator) saveBackup() error {
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("dns: back up %s: %w", c.resolvConf, err)
+		return fmt.Errorf("dns: back up %s to %s: %w", c.resolvConf, c.backup, err)
 	}
 	return nil
 }
 
-// restoreFile renames the backup over resolv.conf, so readers see either
-// our file or the original and never a half-written one.
+// restoreFile puts the original back from the backup, if resolv.conf is
+// still the file Set wrote: its contents in place for a file, and the
+// link or the absence it was otherwise. A resolv.conf that is not ours
+// was rewritten since by someone who knew better than an old backup
+// (after a crash, the network manager at boot), so it stays, and the
+// backup goes. A backup is kept whenever restoring fails, for the next
+// try.
 func (c *linuxConfigurator) restoreFile() error {
 	fi, err := os.Lstat(c.backup)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -297,24 +394,86 @@ func (c *linuxConfigurator) restoreFile() error {
 	if err != nil {
 		return fmt.Errorf("dns: backup: %w", err)
 	}
-	if fi.Mode().IsRegular() && fi.Size() == int64(len(absentMarker)) {
-		if data, err := os.ReadFile(c.backup); err == nil && bytes.Equal(data, []byte(absentMarker)) {
-			if err := os.Remove(c.resolvConf); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return fmt.Errorf("dns: remove %s: %w", c.resolvConf, err)
-			}
-			if err := os.Remove(c.backup); err != nil {
-				return fmt.Errorf("dns: remove backup: %w", err)
-			}
-			c.log.Info("dns restored", "via", c.resolvConf, "note", "there was no resolv.conf before")
-			return nil
+	ours, err := c.ours()
+	if err != nil {
+		return err
+	}
+	how := "restored"
+	switch {
+	case !ours:
+		how = "left as someone else rewrote it; old backup dropped"
+	case fi.Mode()&fs.ModeSymlink != 0:
+		var target string
+		if target, err = os.Readlink(c.backup); err == nil {
+			err = symlinkAtomic(target, c.resolvConf)
+		}
+	case isAbsentMarker(c.backup, fi):
+		how = "removed, as there was none before"
+		if err = os.Remove(c.resolvConf); errors.Is(err, fs.ErrNotExist) {
+			err = nil
+		} else if err == nil {
+			syncDir(filepath.Dir(c.resolvConf))
+		}
+	default:
+		var data []byte
+		if data, err = os.ReadFile(c.backup); err == nil {
+			_, lerr := os.Lstat(c.resolvConf)
+			err = writeInPlace(c.resolvConf, data, fi.Mode().Perm(), errors.Is(lerr, fs.ErrNotExist))
 		}
 	}
-	if err := os.Rename(c.backup, c.resolvConf); err != nil {
-		return fmt.Errorf("dns: restore %s: %w", c.resolvConf, err)
+	if err != nil {
+		return fmt.Errorf("dns: restore %s from %s: %w%s", c.resolvConf, c.backup, err, accessHint(err))
 	}
-	syncDir(filepath.Dir(c.resolvConf))
-	c.log.Info("dns restored", "via", c.resolvConf)
+	if err := os.Remove(c.backup); err != nil {
+		return fmt.Errorf("dns: remove backup: %w", err)
+	}
+	syncDir(filepath.Dir(c.backup))
+	c.log.Info("dns restored", "via", c.resolvConf, "resolv_conf", how)
 	return nil
+}
+
+// isAbsentMarker reports whether the backup records that there was no
+// resolv.conf.
+func isAbsentMarker(path string, fi fs.FileInfo) bool {
+	if !fi.Mode().IsRegular() || fi.Size() != int64(len(absentMarker)) {
+		return false
+	}
+	data, err := os.ReadFile(path)
+	return err == nil && bytes.Equal(data, []byte(absentMarker))
+}
+
+// writeInPlace truncates path and writes data into the same inode, then
+// syncs it; with create it makes the file, with perm, which must not
+// exist. Readers may see an empty file for a moment, and a crash in
+// between leaves a short one, which ours recognises as its own. It never
+// follows a symlink.
+func writeInPlace(path string, data []byte, perm fs.FileMode, create bool) error {
+	flags := os.O_WRONLY | os.O_TRUNC | unix.O_NOFOLLOW
+	if create {
+		flags |= os.O_CREATE | os.O_EXCL
+	}
+	f, err := os.OpenFile(path, flags, perm)
+	if err != nil {
+		return err
+	}
+	if create {
+		// The daemon's umask (0027 under systemd) would keep users from
+		// reading it.
+		err = f.Chmod(perm)
+	}
+	if err == nil {
+		_, err = f.Write(data)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && create {
+		syncDir(filepath.Dir(path))
+	}
+	return err
 }
 
 // writeAtomic writes data to a temporary file beside path, syncs it and

@@ -13,24 +13,41 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/godbus/dbus/v5"
 )
 
-// Every test here works on a resolv.conf in a temporary directory and
-// talks to a bus of its own or to none, never to the host's.
+// Every test here works on a resolv.conf in a temporary directory, keeps
+// the backup in another (the daemon's state directory), and talks to a
+// bus of its own or to none, never to the host's.
 
 const original = "# the machine's own\nnameserver 192.0.2.53\nsearch lan\n"
 
-// newFiles returns a configurator on dir/resolv.conf whose D-Bus address
-// leads nowhere, so it always takes the resolv.conf path.
-func newFiles(t *testing.T, dir string) Configurator {
+// files is a test's stand-in for /etc and for the daemon's state
+// directory.
+type files struct {
+	etc, state   string
+	conf, backup string
+}
+
+func newDirs(t *testing.T) files {
+	t.Helper()
+	f := files{etc: t.TempDir(), state: t.TempDir()}
+	f.conf, f.backup = filepath.Join(f.etc, "resolv.conf"), filepath.Join(f.state, "resolv.conf.backup")
+	return f
+}
+
+// configurator returns one on f whose D-Bus address leads nowhere, so it
+// always takes the resolv.conf path.
+func (f files) configurator(t *testing.T) Configurator {
 	t.Helper()
 	c, err := New(Options{
-		ResolvConf:  filepath.Join(dir, "resolv.conf"),
-		DBusAddress: "unix:path=" + filepath.Join(dir, "no-bus"),
+		ResolvConf:  f.conf,
+		Backup:      f.backup,
+		DBusAddress: "unix:path=" + filepath.Join(f.state, "no-bus"),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -61,21 +78,38 @@ func entries(t *testing.T, dir string) []string {
 	return names
 }
 
-func TestFileSetAndRestore(t *testing.T) {
-	dir := t.TempDir()
-	conf, backup := filepath.Join(dir, "resolv.conf"), filepath.Join(dir, "resolv.conf.mixvpn-backup")
-	if err := os.WriteFile(conf, []byte(original), 0o640); err != nil {
+func stat(t *testing.T, path string) os.FileInfo {
+	t.Helper()
+	fi, err := os.Lstat(path)
+	if err != nil {
 		t.Fatal(err)
 	}
-	c := newFiles(t, dir)
+	return fi
+}
+
+// resolv.conf is written in place, the same inode throughout, and
+// nothing else appears beside it: the backup is in the state directory.
+func TestFileSetAndRestore(t *testing.T) {
+	f := newDirs(t)
+	if err := os.WriteFile(f.conf, []byte(original), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	before := stat(t, f.conf)
+	c := f.configurator(t)
 	if err := c.Set(t.Context(), testConfig()); err != nil {
 		t.Fatal(err)
 	}
-	if got := read(t, conf); got != string(resolvConf(testConfig(), backup)) {
+	if got := read(t, f.conf); got != string(resolvConf(testConfig(), f.backup)) {
 		t.Fatalf("resolv.conf:\n%s", got)
 	}
-	if got := read(t, backup); got != original {
+	if !os.SameFile(before, stat(t, f.conf)) {
+		t.Fatal("resolv.conf was replaced, not written in place")
+	}
+	if got := read(t, f.backup); got != original {
 		t.Fatalf("backup:\n%s", got)
+	}
+	if names := entries(t, f.etc); !slices.Equal(names, []string{"resolv.conf"}) {
+		t.Fatalf("files beside resolv.conf while set: %v", names)
 	}
 
 	// A second Set rewrites the file but keeps the original backup.
@@ -84,29 +118,33 @@ func TestFileSetAndRestore(t *testing.T) {
 	if err := c.Set(t.Context(), second); err != nil {
 		t.Fatal(err)
 	}
-	if got := read(t, conf); !strings.Contains(got, "nameserver 10.64.0.2\n") || strings.Contains(got, "10.64.0.1") {
+	if got := read(t, f.conf); !strings.Contains(got, "nameserver 10.64.0.2\n") || strings.Contains(got, "10.64.0.1") {
 		t.Fatalf("second Set:\n%s", got)
 	}
-	if got := read(t, backup); got != original {
+	if got := read(t, f.backup); got != original {
 		t.Fatalf("backup after second Set:\n%s", got)
 	}
 
 	if err := c.Restore(); err != nil {
 		t.Fatal(err)
 	}
-	if got := read(t, conf); got != original {
+	if got := read(t, f.conf); got != original {
 		t.Fatalf("restored:\n%s", got)
 	}
-	if fi, err := os.Stat(conf); err != nil || fi.Mode().Perm() != 0o640 {
-		t.Fatalf("restored mode %v %v", fi.Mode(), err)
+	after := stat(t, f.conf)
+	if !os.SameFile(before, after) || after.Mode().Perm() != 0o640 {
+		t.Fatalf("restored as another file or with mode %v", after.Mode())
 	}
-	if names := entries(t, dir); !slices.Equal(names, []string{"resolv.conf"}) {
-		t.Fatalf("files left: %v", names)
+	if names := entries(t, f.etc); !slices.Equal(names, []string{"resolv.conf"}) {
+		t.Fatalf("files left beside resolv.conf: %v", names)
+	}
+	if names := entries(t, f.state); len(names) != 0 {
+		t.Fatalf("files left in the state directory: %v", names)
 	}
 	if err := c.Restore(); err != nil {
 		t.Fatalf("second Restore: %v", err)
 	}
-	if got := read(t, conf); got != original {
+	if got := read(t, f.conf); got != original {
 		t.Fatalf("after second Restore:\n%s", got)
 	}
 }
@@ -114,20 +152,20 @@ func TestFileSetAndRestore(t *testing.T) {
 // A resolv.conf that is a symlink (to resolved's stub file, say) comes
 // back as the same symlink, and the file it points at is never written.
 func TestFileSymlinkComesBack(t *testing.T) {
-	dir := t.TempDir()
-	conf, stub := filepath.Join(dir, "resolv.conf"), filepath.Join(dir, "stub-resolv.conf")
+	f := newDirs(t)
+	stub := filepath.Join(f.etc, "stub-resolv.conf")
 	if err := os.WriteFile(stub, []byte("nameserver 127.0.0.53\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Symlink("stub-resolv.conf", conf); err != nil {
+	if err := os.Symlink("stub-resolv.conf", f.conf); err != nil {
 		t.Fatal(err)
 	}
-	c := newFiles(t, dir)
+	c := f.configurator(t)
 	if err := c.Set(t.Context(), testConfig()); err != nil {
 		t.Fatal(err)
 	}
-	if fi, err := os.Lstat(conf); err != nil || !fi.Mode().IsRegular() {
-		t.Fatalf("resolv.conf while set: %v %v", fi.Mode(), err)
+	if fi := stat(t, f.conf); !fi.Mode().IsRegular() || fi.Mode().Perm() != 0o644 {
+		t.Fatalf("resolv.conf while set: %v", fi.Mode())
 	}
 	if got := read(t, stub); got != "nameserver 127.0.0.53\n" {
 		t.Fatalf("symlink target written: %q", got)
@@ -135,49 +173,59 @@ func TestFileSymlinkComesBack(t *testing.T) {
 	if err := c.Restore(); err != nil {
 		t.Fatal(err)
 	}
-	if target, err := os.Readlink(conf); err != nil || target != "stub-resolv.conf" {
+	if target, err := os.Readlink(f.conf); err != nil || target != "stub-resolv.conf" {
 		t.Fatalf("restored link %q %v", target, err)
+	}
+	if names := entries(t, f.state); len(names) != 0 {
+		t.Fatalf("files left in the state directory: %v", names)
 	}
 }
 
 func TestFileAbsentStaysAbsent(t *testing.T) {
-	dir := t.TempDir()
-	c := newFiles(t, dir)
+	f := newDirs(t)
+	old := syscall.Umask(0o027) // the unit's, which must not make resolv.conf unreadable
+	defer syscall.Umask(old)
+	c := f.configurator(t)
 	if err := c.Set(t.Context(), testConfig()); err != nil {
 		t.Fatal(err)
 	}
-	if got := read(t, filepath.Join(dir, "resolv.conf")); !strings.Contains(got, "nameserver 10.64.0.1") {
+	if got := read(t, f.conf); !strings.Contains(got, "nameserver 10.64.0.1") {
 		t.Fatalf("resolv.conf:\n%s", got)
+	}
+	if fi := stat(t, f.conf); fi.Mode().Perm() != 0o644 {
+		t.Fatalf("created resolv.conf with mode %v", fi.Mode())
 	}
 	if err := c.Restore(); err != nil {
 		t.Fatal(err)
 	}
-	if names := entries(t, dir); len(names) != 0 {
+	if names := entries(t, f.etc); len(names) != 0 {
 		t.Fatalf("files left: %v", names)
+	}
+	if names := entries(t, f.state); len(names) != 0 {
+		t.Fatalf("files left in the state directory: %v", names)
 	}
 }
 
 // A daemon that crashed left its resolv.conf and the backup. The next
 // one must not take its predecessor's file for the original.
 func TestFileRecoversAfterCrash(t *testing.T) {
-	dir := t.TempDir()
-	conf := filepath.Join(dir, "resolv.conf")
-	if err := os.WriteFile(conf, []byte(original), 0o644); err != nil {
+	f := newDirs(t)
+	if err := os.WriteFile(f.conf, []byte(original), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	crashed := newFiles(t, dir)
+	crashed := f.configurator(t)
 	if err := crashed.Set(t.Context(), testConfig()); err != nil {
 		t.Fatal(err)
 	}
 
-	next := newFiles(t, dir)
+	next := f.configurator(t)
 	if err := next.Set(t.Context(), testConfig()); err != nil {
 		t.Fatal(err)
 	}
 	if err := next.Restore(); err != nil {
 		t.Fatal(err)
 	}
-	if got := read(t, conf); got != original {
+	if got := read(t, f.conf); got != original {
 		t.Fatalf("after Set and Restore by the next run:\n%s", got)
 	}
 
@@ -185,11 +233,191 @@ func TestFileRecoversAfterCrash(t *testing.T) {
 	if err := crashed.Set(t.Context(), testConfig()); err != nil {
 		t.Fatal(err)
 	}
-	if err := newFiles(t, dir).Restore(); err != nil {
+	if err := f.configurator(t).Restore(); err != nil {
 		t.Fatal(err)
 	}
-	if got := read(t, conf); got != original {
+	if got := read(t, f.conf); got != original {
 		t.Fatalf("after a bare Restore by the next run:\n%s", got)
+	}
+
+	// A crash between truncating resolv.conf and writing it leaves it
+	// empty or short: that is still ours, and the original comes back.
+	for _, left := range []string{"", ownHeader[:10]} {
+		if err := crashed.Set(t.Context(), testConfig()); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(f.conf, []byte(left), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.configurator(t).Restore(); err != nil {
+			t.Fatal(err)
+		}
+		if got := read(t, f.conf); got != original {
+			t.Fatalf("resolv.conf cut short to %q, then restored:\n%s", left, got)
+		}
+	}
+}
+
+// After a crash and a reboot, the network manager may have written a
+// fresh resolv.conf before the daemon starts: the old backup must not
+// clobber it, and must not come back at the next Restore either.
+func TestFileRewrittenSinceIsKept(t *testing.T) {
+	f := newDirs(t)
+	if err := os.WriteFile(f.conf, []byte(original), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.configurator(t).Set(t.Context(), testConfig()); err != nil {
+		t.Fatal(err)
+	}
+	const fresh = "# from DHCP after the reboot\nnameserver 203.0.113.53\n"
+	if err := os.WriteFile(f.conf, []byte(fresh), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.configurator(t).Restore(); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(t, f.conf); got != fresh {
+		t.Fatalf("a newer resolv.conf was clobbered by the old backup:\n%s", got)
+	}
+	if names := entries(t, f.state); len(names) != 0 {
+		t.Fatalf("stale backup kept: %v", names)
+	}
+
+	// The same when the next Set finds it: the fresh file is the one
+	// to come back.
+	c := f.configurator(t)
+	if err := c.Set(t.Context(), testConfig()); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(f.conf, []byte(fresh), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Set(t.Context(), testConfig()); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(t, f.backup); got != fresh {
+		t.Fatalf("backup after resolv.conf was rewritten under a Set:\n%s", got)
+	}
+	if err := c.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(t, f.conf); got != fresh {
+		t.Fatalf("restored:\n%s", got)
+	}
+}
+
+// sandboxEnv, in the environment of a re-executed test binary, names the
+// files of TestFileUnderSandbox for the child that runs in a mount
+// namespace of its own.
+const sandboxEnv = "MIXVPN_DNS_SANDBOX"
+
+// Under mixvpnd.service, /etc is read-only but for a bind mount of
+// /etc/resolv.conf onto itself (ProtectSystem=strict with
+// ReadWritePaths=-/etc/resolv.conf): the file can be written, but not
+// renamed over, and nothing can be created beside it. The test builds
+// just that in a mount namespace of a child process and sets and
+// restores DNS there.
+func TestFileUnderSandbox(t *testing.T) {
+	if spec := os.Getenv(sandboxEnv); spec != "" {
+		sandboxChild(t, spec)
+		return
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a mount namespace")
+	}
+	f := newDirs(t)
+	if err := os.WriteFile(f.conf, []byte(original), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// linked is an /etc whose resolv.conf links to resolved's stub.
+	linked := t.TempDir()
+	if err := os.Symlink("../run/systemd/resolve/stub-resolv.conf", filepath.Join(linked, "resolv.conf")); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestFileUnderSandbox$", "-test.count=1", "-test.v")
+	cmd.Env = append(os.Environ(), sandboxEnv+"="+strings.Join([]string{f.etc, f.state, linked}, ":"))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS}
+	out, err := cmd.CombinedOutput()
+	if strings.Contains(string(out), "--- SKIP") {
+		t.Skipf("child skipped:\n%s", out)
+	}
+	if err != nil {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
+	t.Logf("child:\n%s", out)
+	if got := read(t, f.conf); got != original {
+		t.Fatalf("resolv.conf after the sandboxed run:\n%s", got)
+	}
+	if target, err := os.Readlink(filepath.Join(linked, "resolv.conf")); err != nil || target != "../run/systemd/resolve/stub-resolv.conf" {
+		t.Fatalf("the symlinked resolv.conf changed: %q %v", target, err)
+	}
+}
+
+// sandboxChild runs in its own mount namespace (Go makes it private).
+func sandboxChild(t *testing.T, spec string) {
+	dirs := strings.Split(spec, ":")
+	if len(dirs) != 3 {
+		t.Fatalf("%s=%q", sandboxEnv, spec)
+	}
+	etc, state, linked := dirs[0], dirs[1], dirs[2]
+	f := files{etc: etc, state: state, conf: filepath.Join(etc, "resolv.conf"), backup: filepath.Join(state, "resolv.conf.backup")}
+	for _, dir := range []string{etc, linked} {
+		if err := syscall.Mount(dir, dir, "", syscall.MS_BIND, ""); err != nil {
+			t.Skipf("bind mount: %v", err)
+		}
+		if err := syscall.Mount("", dir, "", syscall.MS_REMOUNT|syscall.MS_BIND|syscall.MS_RDONLY, ""); err != nil {
+			t.Fatalf("read-only remount: %v", err)
+		}
+	}
+	// A bind mount starts with its source's flags: read-only, here, until
+	// remounted, as systemd does for ReadWritePaths.
+	if err := syscall.Mount(f.conf, f.conf, "", syscall.MS_BIND, ""); err != nil {
+		t.Fatalf("bind resolv.conf: %v", err)
+	}
+	if err := syscall.Mount("", f.conf, "", syscall.MS_REMOUNT|syscall.MS_BIND, ""); err != nil {
+		t.Fatalf("read-write remount of resolv.conf: %v", err)
+	}
+	// The sandbox is as systemd makes it: the old way, a rename over
+	// resolv.conf, fails in it.
+	if err := os.Rename(f.conf, f.conf+".moved"); err == nil {
+		t.Fatal("resolv.conf could be renamed")
+	}
+	if err := os.WriteFile(filepath.Join(etc, "x"), nil, 0o644); err == nil {
+		t.Fatal("the directory is writable")
+	}
+	c := f.configurator(t)
+	if err := c.Set(t.Context(), testConfig()); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(t, f.conf); !strings.Contains(got, "nameserver 10.64.0.1") {
+		t.Fatalf("resolv.conf:\n%s", got)
+	}
+	if got := read(t, f.backup); got != original {
+		t.Fatalf("backup:\n%s", got)
+	}
+	// A daemon that crashes here is replaced by one that restores.
+	if err := f.configurator(t).Restore(); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(t, f.conf); got != original {
+		t.Fatalf("restored:\n%s", got)
+	}
+
+	// A resolv.conf linking to resolved's stub cannot be replaced here.
+	// Set fails and says what to do, rather than write resolved's file
+	// or leave the machine's resolver in place unsaid.
+	l := files{etc: linked, state: state, conf: filepath.Join(linked, "resolv.conf"), backup: filepath.Join(state, "resolv.conf.backup")}
+	c = l.configurator(t)
+	err := c.Set(t.Context(), testConfig())
+	if err == nil || !strings.Contains(err.Error(), "start systemd-resolved") {
+		t.Fatalf("Set on a symlinked resolv.conf in the sandbox: %v", err)
+	}
+	t.Log(err)
+	if err := c.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	if names := entries(t, state); len(names) != 0 {
+		t.Fatalf("files left in the state directory: %v", names)
 	}
 }
 
@@ -304,8 +532,8 @@ func TestResolvedSetAndRevert(t *testing.T) {
 		t.Fatalf("own %s: %v %v", resolvedName, reply, err)
 	}
 
-	dir := t.TempDir()
-	c, err := New(Options{ResolvConf: filepath.Join(dir, "resolv.conf"), DBusAddress: addr})
+	f := newDirs(t)
+	c, err := New(Options{ResolvConf: f.conf, Backup: f.backup, DBusAddress: addr})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -332,7 +560,7 @@ func TestResolvedSetAndRevert(t *testing.T) {
 	if !def {
 		t.Fatal("link not made the default route for DNS")
 	}
-	if names := entries(t, dir); len(names) != 0 {
+	if names := append(entries(t, f.etc), entries(t, f.state)...); len(names) != 0 {
 		t.Fatalf("resolv.conf written although resolved runs: %v", names)
 	}
 
@@ -349,15 +577,15 @@ func TestResolvedSetAndRevert(t *testing.T) {
 // A bus without resolved on it means resolv.conf.
 func TestNoResolvedOnBusUsesFile(t *testing.T) {
 	addr := startBus(t)
-	dir := t.TempDir()
-	c, err := New(Options{ResolvConf: filepath.Join(dir, "resolv.conf"), DBusAddress: addr})
+	f := newDirs(t)
+	c, err := New(Options{ResolvConf: f.conf, Backup: f.backup, DBusAddress: addr})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := c.Set(t.Context(), testConfig()); err != nil {
 		t.Fatal(err)
 	}
-	if got := read(t, filepath.Join(dir, "resolv.conf")); !strings.Contains(got, "nameserver 10.64.0.1") {
+	if got := read(t, f.conf); !strings.Contains(got, "nameserver 10.64.0.1") {
 		t.Fatalf("resolv.conf:\n%s", got)
 	}
 	if err := c.Restore(); err != nil {

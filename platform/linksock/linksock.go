@@ -22,6 +22,10 @@
 // mid-connection, or segments carrying SACK blocks after a loss, make
 // some segments shorter.
 //
+// Dial also marks the socket (Config.Mark), and MarkControl gives any
+// other socket of the daemon the same mark, so that policy routing keeps
+// the daemon's own traffic out of the tunnel it carries.
+//
 // Only Linux has the socket options; elsewhere Dial is a plain TCP dial.
 package linksock
 
@@ -61,6 +65,10 @@ type Config struct {
 	// Backlog is the receive low-water mark in bytes; default
 	// DefaultBacklog.
 	Backlog int
+	// Mark is the socket mark (SO_MARK, see MarkControl) of the
+	// connection, so that policy routing sends it around the tunnel it
+	// carries; zero marks nothing.
+	Mark uint32
 	// Logger hears when the segments cannot be given one length; nil
 	// discards.
 	Logger *slog.Logger

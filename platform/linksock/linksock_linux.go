@@ -67,7 +67,7 @@ func (c Config) Dial(ctx context.Context, addr string) (net.Conn, error) {
 	var tc *net.TCPConn
 	for attempt := 1; ; attempt++ {
 		var err error
-		if tc, err = dialTCP(ctx, addr, maxseg); err != nil {
+		if tc, err = dialTCP(ctx, addr, maxseg, c.Mark); err != nil {
 			return nil, err
 		}
 		if seg == 0 {
@@ -104,9 +104,13 @@ func (c Config) Dial(ctx context.Context, addr string) (net.Conn, error) {
 }
 
 // dialTCP dials addr with the maximum segment size maxseg (0: the
-// kernel's).
-func dialTCP(ctx context.Context, addr string, maxseg int) (*net.TCPConn, error) {
-	d := net.Dialer{Control: func(_, _ string, raw syscall.RawConn) error {
+// kernel's) and the socket mark mark (0: none).
+func dialTCP(ctx context.Context, addr string, maxseg int, mark uint32) (*net.TCPConn, error) {
+	marked := MarkControl(mark)
+	d := net.Dialer{Control: func(network, address string, raw syscall.RawConn) error {
+		if err := marked(network, address, raw); err != nil {
+			return err
+		}
 		if maxseg == 0 {
 			return nil
 		}

@@ -41,7 +41,11 @@ type Config struct {
 	// one length and its ACKs the entry's rate rather than the
 	// daemon's load.
 	Connect client.ConnectConfig
-	Logger  *slog.Logger
+	// Mark is the socket mark (SO_MARK) of that default link, so that
+	// policy routing sends it around the tunnel it carries; zero marks
+	// nothing. A DialLink of the caller's own marks as it sees fit.
+	Mark   uint32
+	Logger *slog.Logger
 }
 
 // Stats are a Tunnel's counters.
@@ -98,7 +102,7 @@ func New(cfg Config, dev tun.Device) (*Tunnel, error) {
 		cfg.Connect.Logger = log
 	}
 	if cfg.Connect.DialLink == nil {
-		cfg.Connect.DialLink = linksock.Config{Record: link.FrameSize, Logger: log}.Dial
+		cfg.Connect.DialLink = linksock.Config{Record: link.FrameSize, Mark: cfg.Mark, Logger: log}.Dial
 	}
 	return &Tunnel{cfg: cfg, log: log, dev: dev}, nil
 }

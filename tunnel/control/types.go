@@ -167,7 +167,9 @@ type Settings struct {
 	// KillSwitch blocks traffic outside the tunnel while it is meant to
 	// be up; Lockdown blocks it even while disconnected.
 	KillSwitch, Lockdown bool
-	// DNSServers are used inside the tunnel; empty uses the gateway's.
+	// DNSServers are used inside the tunnel; empty uses the resolvers the
+	// exit advertises in the directory, and connecting fails through an
+	// exit that advertises none rather than use the local network's.
 	DNSServers  []netip.Addr
 	IPv6        bool
 	AllowLAN    bool

@@ -17,9 +17,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
+	"net/http"
 	"net/netip"
-	"net/url"
 	"sync"
 	"time"
 
@@ -44,6 +43,9 @@ type Config struct {
 	// Device is the TUN device; the daemon owns and closes it.
 	Device tun.Device
 	// DirectoryURL and DirectoryKey name the network and pin its key.
+	// The URL is http or https and names the directory by IP address,
+	// since the firewall and the routes must let the daemon reach it
+	// before any DNS can; the port defaults to the scheme's.
 	DirectoryURL string
 	DirectoryKey ed25519.PublicKey
 	// SystemSettings is the settings file IT presets (read only);
@@ -82,6 +84,14 @@ type Daemon struct {
 	// dir is the one directory client: a Fetcher, which falls back to
 	// the last good document while the directory is briefly unreachable.
 	dir directory.Source
+	// dirEP is where the directory listens, reached around the tunnel.
+	dirEP netip.AddrPort
+	// mark is the socket mark of the daemon's own traffic (the router's
+	// FwMark) and dial opens its connections with it; a test may put
+	// others there before Run. web is the HTTP client over dial.
+	mark uint32
+	dial dialFunc
+	web  *http.Client
 	// open builds tunnels and clock reads the time: newTunnel and the
 	// system clock, unless a test put doubles there before Run.
 	open  openFunc
@@ -129,6 +139,10 @@ func New(cfg Config) (*Daemon, error) {
 	if cfg.DirectoryURL == "" || len(cfg.DirectoryKey) != ed25519.PublicKeySize {
 		return nil, errors.New("daemon: directory URL and key are required")
 	}
+	dirEP, err := directoryEndpoint(cfg.DirectoryURL)
+	if err != nil {
+		return nil, err
+	}
 	s, err := loadSettings(cfg.SystemSettings, cfg.Settings)
 	if err != nil {
 		return nil, err
@@ -156,7 +170,9 @@ func New(cfg Config) (*Daemon, error) {
 	}
 	d := &Daemon{cfg: cfg, rc: cfg.Reconnect.withDefaults(), log: log, ifname: name, settings: s, target: tg,
 		subs: map[chan control.Event]struct{}{}, clock: newSystemClock(), ready: make(chan struct{}),
-		dir: &directory.Fetcher{URL: cfg.DirectoryURL, Key: cfg.DirectoryKey}}
+		dirEP: dirEP, mark: router.FwMark}
+	d.dial, d.web = d.markedDial, d.newHTTPClient()
+	d.dir = &directory.Fetcher{URL: cfg.DirectoryURL, Key: cfg.DirectoryKey, Client: d.web}
 	d.open = d.newTunnel
 	d.status = control.Status{State: control.StateDisconnected, Mode: s.Mode, Since: time.Now(), DaemonVersion: Version}
 	return d, nil
@@ -175,7 +191,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return fmt.Errorf("daemon: router: %w", err)
 	}
 	defer d.cfg.Router.Close()
-	d.cfg.DNS.Restore() // undo what a crashed daemon left
+	// Undo what a crashed daemon left: the original resolv.conf comes
+	// back from its backup. Failing that is no reason not to start; the
+	// next Restore tries again.
+	if err := d.cfg.DNS.Restore(); err != nil {
+		d.log.Warn("restoring the DNS a crashed run left", "err", err)
+	}
 	d.mu.Lock()
 	tg := d.target
 	d.mu.Unlock()
@@ -429,6 +450,11 @@ func (d *Daemon) bringUp(ctx context.Context, gen uint64, tg target) error {
 		return err
 	}
 	addrs, entryID, exitID := t.Info()
+	servers, err := resolvers(s, doc, exitID)
+	if err != nil {
+		t.Close()
+		return err
+	}
 	sent, heard := t.Progress()
 	d.mu.Lock()
 	if d.gen != gen {
@@ -448,16 +474,13 @@ func (d *Daemon) bringUp(ctx context.Context, gen uint64, tg target) error {
 		rc.AllowLAN = firewall.DefaultLAN()
 	}
 	if err := d.cfg.Router.Set(ctx, rc); err != nil {
+		d.abandon(ctx)
 		return fmt.Errorf("routes: %w", err)
 	}
 	t.Carry()
-	if len(s.DNSServers) > 0 {
-		if err := d.cfg.DNS.Set(ctx, dns.Config{Servers: s.DNSServers, Interface: d.ifname}); err != nil {
-			return fmt.Errorf("DNS: %w", err)
-		}
-		d.mu.Lock()
-		d.dnsOn = true
-		d.mu.Unlock()
+	if err := d.setDNS(ctx, servers); err != nil {
+		d.abandon(ctx)
+		return err
 	}
 	d.setStatusIf(gen, func(st *control.Status) {
 		st.State, st.Mode, st.Entry, st.Exit, st.Error = control.StateConnected, tg.Mode, entryID, exitID, ""
@@ -469,14 +492,7 @@ func (d *Daemon) bringUp(ctx context.Context, gen uint64, tg target) error {
 // and, once a document is known, the entry gateways' link and WireGuard
 // ports. Nothing else.
 func (d *Daemon) bypass(doc *directory.Document) []netip.AddrPort {
-	var out []netip.AddrPort
-	if u, err := url.Parse(d.cfg.DirectoryURL); err == nil {
-		if ap, err := netip.ParseAddrPort(u.Host); err == nil {
-			out = append(out, ap)
-		} else if ip, err := netip.ParseAddr(u.Hostname()); err == nil {
-			out = append(out, netip.AddrPortFrom(ip, 80))
-		}
-	}
+	out := []netip.AddrPort{d.dirEP}
 	if doc == nil {
 		return out
 	}
@@ -504,19 +520,7 @@ func (d *Daemon) syncFirewall(meantUp bool) error {
 	s, doc := d.settings, d.doc
 	d.mu.Unlock()
 	var err error
-	if s.Lockdown || meantUp && s.KillSwitch {
-		if !meantUp {
-			doc = nil
-		}
-		p := firewall.Policy{Interface: d.ifname, AllowLAN: s.AllowLAN, AllowDHCP: true}
-		if s.AllowLAN {
-			p.LAN = firewall.DefaultLAN()
-		}
-		for _, ap := range d.bypass(doc) {
-			// The directory and links are TCP, WireGuard is UDP; the
-			// port tells which, but allowing both costs nothing.
-			p.Endpoints = append(p.Endpoints, firewall.Endpoint{Addr: ap, Proto: firewall.TCP}, firewall.Endpoint{Addr: ap, Proto: firewall.UDP})
-		}
+	if p, on := d.firewallPolicy(s, doc, meantUp); on {
 		if err = d.cfg.Firewall.Apply(context.Background(), p); err != nil {
 			err = fmt.Errorf("firewall: %w", err)
 		} else if s.Lockdown && d.cfg.LockdownRuleset != "" {
@@ -564,6 +568,30 @@ func (d *Daemon) Disconnect(ctx context.Context) error {
 func (d *Daemon) teardown(ctx context.Context, meantUp bool) {
 	d.op.Lock()
 	defer d.op.Unlock()
+	d.release(ctx)
+	if err := d.syncFirewall(meantUp); err != nil {
+		d.log.Warn("firewall", "err", err)
+	}
+}
+
+// abandon undoes a bringUp that failed once its tunnel was current (the
+// routes or DNS could not be set): a failed connection must not leave a
+// tunnel carrying traffic, routes into it or a resolver set through it
+// behind a status that says it failed. The kill switch stays as it is,
+// since the user still means to be connected. It gets a time of its own,
+// as the attempt's may be what ran out. Called with op held.
+func (d *Daemon) abandon(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abandonTimeout)
+	defer cancel()
+	d.release(ctx)
+}
+
+// abandonTimeout bounds abandon's undoing.
+const abandonTimeout = 5 * time.Second
+
+// release closes the current tunnel and removes its routes and DNS.
+// Called with op held.
+func (d *Daemon) release(ctx context.Context) {
 	d.mu.Lock()
 	cur := d.cur
 	d.cur = nil
@@ -581,9 +609,6 @@ func (d *Daemon) teardown(ctx context.Context, meantUp bool) {
 			d.log.Warn("restoring DNS", "err", err)
 		}
 	}
-	if err := d.syncFirewall(meantUp); err != nil {
-		d.log.Warn("firewall", "err", err)
-	}
 }
 
 // persistTarget writes the current target to Config.State.
@@ -599,34 +624,6 @@ func (d *Daemon) persistTarget() {
 	if err := saveTarget(d.cfg.State, tg); err != nil {
 		d.log.Warn("cannot remember the connection for the next start", "err", err)
 	}
-}
-
-// Gateways lists the gateways in the directory.
-func (d *Daemon) Gateways(ctx context.Context) ([]control.Gateway, error) {
-	doc, err := d.dir.Fetch(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("directory: %w", err)
-	}
-	var out []control.Gateway
-	for _, role := range []directory.Role{directory.RoleEntry, directory.RoleExit} {
-		for _, n := range doc.NodesOf(role, 0) {
-			g := control.Gateway{ID: n.ID, Role: control.RoleEntry, Country: n.Country, Endpoint: n.Address, Health: control.HealthUp}
-			if role == directory.RoleExit {
-				g.Role = control.RoleExit
-			}
-			if role == directory.RoleEntry {
-				start := time.Now()
-				if c, err := (&net.Dialer{Timeout: time.Second}).DialContext(ctx, "tcp", n.Address); err == nil {
-					g.Latency = time.Since(start)
-					c.Close()
-				} else {
-					g.Health = control.HealthDown
-				}
-			}
-			out = append(out, g)
-		}
-	}
-	return out, nil
 }
 
 // Settings returns the current settings.

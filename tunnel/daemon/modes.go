@@ -7,7 +7,6 @@ import (
 
 	"github.com/mixvpn/mixvpn/mixnet/client"
 	"github.com/mixvpn/mixvpn/mixnet/directory"
-	"github.com/mixvpn/mixvpn/platform/router"
 	"github.com/mixvpn/mixvpn/tunnel"
 	"github.com/mixvpn/mixvpn/tunnel/anon"
 	"github.com/mixvpn/mixvpn/tunnel/control"
@@ -44,11 +43,15 @@ type openFunc func(ctx context.Context, tg target, doc *directory.Document, s co
 func (d *Daemon) newTunnel(ctx context.Context, tg target, doc *directory.Document, s control.Settings) (modeTunnel, error) {
 	switch tg.Mode {
 	case control.ModeFast:
-		fc, joined, err := fast.Join(ctx, fast.JoinConfig{DirectoryURL: d.cfg.DirectoryURL, DirectoryKey: d.cfg.DirectoryKey, Document: doc, Entry: tg.Entry, Exit: tg.Exit, Logger: d.log})
+		// Registration dials the entry while the old tunnel may still
+		// hold the default route: the mark sends it around, as it does
+		// the WireGuard socket.
+		fc, joined, err := fast.Join(ctx, fast.JoinConfig{DirectoryURL: d.cfg.DirectoryURL, DirectoryKey: d.cfg.DirectoryKey, Document: doc, Entry: tg.Entry, Exit: tg.Exit,
+			HTTPClient: d.web, DialLink: d.dialLink, Logger: d.log})
 		if err != nil {
 			return nil, err
 		}
-		fc.FwMark = router.FwMark
+		fc.FwMark = d.mark
 		lease := d.shared.Lease()
 		t, err := fast.New(fc, lease)
 		if err != nil {
@@ -57,9 +60,12 @@ func (d *Daemon) newTunnel(ctx context.Context, tg target, doc *directory.Docume
 		return &fastMode{Tunnel: t, lease: lease, addrs: fc.InnerAddrs, entry: joined.EntryID, exit: joined.ExitID}, nil
 	case control.ModeAnonymous:
 		lease := d.shared.Lease()
-		t, err := anon.New(anon.Config{Logger: d.log, Connect: client.ConnectConfig{
+		// The link and the client's directory refreshes run under the
+		// tunnel they carry, so both are marked to go around it.
+		t, err := anon.New(anon.Config{Logger: d.log, Mark: d.mark, Connect: client.ConnectConfig{
 			DirectoryURL: d.cfg.DirectoryURL, DirectoryKey: d.cfg.DirectoryKey, Document: doc, Entry: tg.Entry, Exit: tg.Exit,
-			Client: client.Config{Rate: s.MixRate, LoopRate: s.LoopRate, MeanDelay: s.MeanDelay},
+			HTTPClient: d.web,
+			Client:     client.Config{Rate: s.MixRate, LoopRate: s.LoopRate, MeanDelay: s.MeanDelay},
 		}}, lease)
 		if err != nil {
 			return nil, err

@@ -111,9 +111,11 @@ type rig struct {
 	dir    string
 }
 
+// testDoc's exit advertises a resolver, which the daemon uses when the
+// settings name none.
 var testDoc = &directory.Document{Nodes: []directory.Descriptor{
 	{ID: "entry1", Role: directory.RoleEntry, Address: "192.0.2.11:1789"},
-	{ID: "exit1", Role: directory.RoleExit, Address: "192.0.2.51:1789"},
+	{ID: "exit1", Role: directory.RoleExit, Address: "192.0.2.51:1789", DNS: []netip.Addr{netip.MustParseAddr("192.0.2.80")}},
 }}
 
 // newRig runs a daemon with its files in dir (a fresh one if empty) and

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	mrand "math/rand/v2"
+	"net"
 	"net/http"
 	"net/netip"
 
@@ -28,8 +29,14 @@ type JoinConfig struct {
 	Document *directory.Document
 	// Credential goes with both registrations (paid access).
 	Credential []byte
+	// HTTPClient fetches the directory; nil uses a plain one.
 	HTTPClient *http.Client
-	Logger     *slog.Logger
+	// DialLink, if set, opens the TCP connection to the entry that the
+	// registration goes over (client.RegisterConfig.DialLink): the daemon
+	// marks it, so that registering while another tunnel is up goes
+	// around that tunnel.
+	DialLink func(ctx context.Context, addr string) (net.Conn, error)
+	Logger   *slog.Logger
 }
 
 // Joined is what Join learned besides the tunnel's Config.
@@ -72,6 +79,7 @@ func Join(ctx context.Context, jc JoinConfig) (Config, Joined, error) {
 		Epoch: doc.Epoch, Entry: entry, Exit: exit,
 		EntryRequest: register.Request{Version: register.Version, PublicKey: pubs[0], Credential: jc.Credential},
 		ExitRequest:  register.Request{Version: register.Version, PublicKey: pubs[1], Credential: jc.Credential},
+		DialLink:     jc.DialLink,
 	})
 	if err != nil {
 		return Config{}, Joined{}, fmt.Errorf("fast: %w", err)

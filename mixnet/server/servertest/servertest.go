@@ -42,6 +42,8 @@ type Options struct {
 	// DescriptorTTL is how long the directory lists a node that stopped
 	// publishing (nodes publish every second); default 2 minutes.
 	DescriptorTTL time.Duration
+	// ExitDNS are the resolvers the exit advertises; none by default.
+	ExitDNS []netip.Addr
 }
 
 // Network is a running test network.
@@ -155,6 +157,7 @@ func New(o Options) (_ *Network, err error) {
 			cfg.ExitDevice = dev.TUN()
 			cfg.Prefix4 = netip.MustParsePrefix("100.64.0.0/16")
 			cfg.Prefix6 = netip.MustParsePrefix("fd00:64::/64")
+			cfg.DNS = o.ExitDNS
 		}
 		n.mu.Lock()
 		n.stops[s.id] = cancel

@@ -841,7 +841,8 @@ type Settings struct {
 	KillSwitch bool `protobuf:"varint,1,opt,name=kill_switch,json=killSwitch,proto3" json:"kill_switch,omitempty"`
 	Lockdown   bool `protobuf:"varint,2,opt,name=lockdown,proto3" json:"lockdown,omitempty"`
 	// dns_servers are IP addresses used inside the tunnel; empty uses the
-	// gateway's resolver.
+	// resolvers the exit advertises in the directory, and connecting fails
+	// through an exit that advertises none.
 	DnsServers  []string `protobuf:"bytes,3,rep,name=dns_servers,json=dnsServers,proto3" json:"dns_servers,omitempty"`
 	Ipv6        bool     `protobuf:"varint,4,opt,name=ipv6,proto3" json:"ipv6,omitempty"`
 	AllowLan    bool     `protobuf:"varint,5,opt,name=allow_lan,json=allowLan,proto3" json:"allow_lan,omitempty"`

@@ -1,0 +1,323 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.zx2c4.com/wireguard/tun/tuntest"
+
+	"github.com/mixvpn/mixvpn/mixnet/directory"
+	"github.com/mixvpn/mixvpn/mixnet/server/servertest"
+	"github.com/mixvpn/mixvpn/platform/dns"
+	"github.com/mixvpn/mixvpn/platform/firewall"
+	"github.com/mixvpn/mixvpn/platform/router"
+	"github.com/mixvpn/mixvpn/tunnel/control"
+)
+
+func addrs(ss ...string) []netip.Addr {
+	var out []netip.Addr
+	for _, s := range ss {
+		out = append(out, netip.MustParseAddr(s))
+	}
+	return out
+}
+
+func TestResolvers(t *testing.T) {
+	doc := &directory.Document{Nodes: []directory.Descriptor{
+		{ID: "entry1", Role: directory.RoleEntry},
+		{ID: "exit1", Role: directory.RoleExit, DNS: addrs("192.0.2.80", "2001:db8::80")},
+		{ID: "exit6", Role: directory.RoleExit, DNS: addrs("2001:db8::80")},
+		{ID: "bare", Role: directory.RoleExit},
+	}}
+	v6 := control.Settings{IPv6: true}
+	v4only := control.Settings{IPv6: false}
+	own := control.Settings{IPv6: true, DNSServers: addrs("9.9.9.9")}
+	for _, c := range []struct {
+		name    string
+		s       control.Settings
+		exit    string
+		want    []netip.Addr
+		wantErr string
+	}{
+		{"the user's first", own, "exit1", addrs("9.9.9.9"), ""},
+		{"the user's even where the exit has none", own, "bare", addrs("9.9.9.9"), ""},
+		{"else the exit's", v6, "exit1", addrs("192.0.2.80", "2001:db8::80"), ""},
+		{"IPv4 alone without ipv6", v4only, "exit1", addrs("192.0.2.80"), ""},
+		{"none from a bare exit", v6, "bare", nil, "no DNS server: set dns_servers or choose an exit that provides one"},
+		{"none from an unknown exit", v6, "gone", nil, "no DNS server: set dns_servers or choose an exit that provides one"},
+		{"none from an entry", v6, "entry1", nil, "no DNS server"},
+		{"none when only IPv6 and ipv6 is off", v4only, "exit6", nil, "ipv6 is off"},
+	} {
+		got, err := resolvers(c.s, doc, c.exit)
+		if c.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+				t.Errorf("%s: %v, %v; want an error saying %q", c.name, got, err, c.wantErr)
+			}
+			continue
+		}
+		if err != nil || !slices.Equal(got, c.want) {
+			t.Errorf("%s: %v, %v; want %v", c.name, got, err, c.want)
+		}
+	}
+	if _, err := resolvers(v6, nil, "exit1"); err == nil {
+		t.Error("resolvers without a document")
+	}
+}
+
+// failingRouter fails to set routes into a tunnel while fail is on, and
+// does everything else as the fake does.
+type failingRouter struct {
+	*router.Fake
+	fail atomic.Bool
+}
+
+func (f *failingRouter) Set(ctx context.Context, cfg router.Config) error {
+	if f.fail.Load() && len(cfg.Addresses) > 0 {
+		return errors.New("netlink said no")
+	}
+	return f.Fake.Set(ctx, cfg)
+}
+
+// failingDNS fails Set while fail is on, after taking part of it, as a
+// resolved that took the servers but not the domains would.
+type failingDNS struct {
+	dns.Fake
+	fail     atomic.Bool
+	restores atomic.Int32
+}
+
+func (f *failingDNS) Set(ctx context.Context, cfg dns.Config) error {
+	if err := f.Fake.Set(ctx, cfg); err != nil {
+		return err
+	}
+	if f.fail.Load() {
+		return errors.New("resolved said no")
+	}
+	return nil
+}
+
+func (f *failingDNS) Restore() error {
+	f.restores.Add(1)
+	return f.Fake.Restore()
+}
+
+// dnsRig is a daemon on doc with fake platform and tunnels.
+type dnsRig struct {
+	d      *Daemon
+	rt     *failingRouter
+	dc     *failingDNS
+	fw     *firewall.Fake
+	net    *fakeNet
+	events <-chan control.Event
+}
+
+func newDNSRig(t *testing.T, settings string, doc *directory.Document) *dnsRig {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "system.json"), []byte(settings), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := &dnsRig{rt: &failingRouter{Fake: &router.Fake{}}, dc: &failingDNS{}, fw: &firewall.Fake{}, net: &fakeNet{}}
+	d, err := New(Config{
+		Device: tuntest.NewChannelTUN().TUN(), DirectoryURL: "http://192.0.2.2:8080", DirectoryKey: make([]byte, 32),
+		SystemSettings: filepath.Join(dir, "system.json"), Settings: filepath.Join(dir, "settings.json"),
+		Router: r.rt, DNS: r.dc, Firewall: r.fw,
+		Reconnect: ReconnectConfig{CheckInterval: time.Hour, RetryMin: time.Millisecond, RetryMax: 5 * time.Millisecond},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.dir = directory.Static{Doc: doc}
+	d.open = r.net.open
+	d.clock = &fakeClock{wall: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
+	r.d = d
+	var stop func()
+	r.events, stop = d.Subscribe()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		stop()
+	})
+	return r
+}
+
+// connect asks for a Fast tunnel (the fake tunnels leave by exit1) and
+// waits for the outcome, Connected or Error.
+func (r *dnsRig) connect(t *testing.T) control.Status {
+	t.Helper()
+	if err := r.d.Connect(context.Background(), control.ModeFast, "", ""); err != nil {
+		t.Fatal(err)
+	}
+	return waitStates(t, r.events, control.StateConnected, control.StateError)
+}
+
+// waitStates waits for one of states.
+func waitStates(t *testing.T, events <-chan control.Event, states ...control.State) control.Status {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case ev := <-events:
+			if slices.Contains(states, ev.Status.State) {
+				return ev.Status
+			}
+		case <-timeout:
+			t.Fatalf("never reached %v", states)
+		}
+	}
+}
+
+// With no dns_servers, the exit's resolvers are set, and they go when
+// the tunnel does.
+func TestConnectUsesExitDNS(t *testing.T) {
+	r := newDNSRig(t, `{}`, testDoc)
+	if st := r.connect(t); st.State != control.StateConnected {
+		t.Fatalf("status %+v", st)
+	}
+	c, ok := r.dc.Current()
+	if !ok || !slices.Equal(c.Servers, testDoc.ByID("exit1").DNS) || c.Interface == "" {
+		t.Fatalf("DNS %+v %v, want exit1's %v", c, ok, testDoc.ByID("exit1").DNS)
+	}
+	if err := r.d.Disconnect(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, on := r.dc.Current(); on {
+		t.Fatal("DNS not restored at disconnect")
+	}
+}
+
+// The user's dns_servers win over the exit's.
+func TestConnectPrefersSettingsDNS(t *testing.T) {
+	r := newDNSRig(t, `{"dns_servers": ["9.9.9.9"]}`, testDoc)
+	if st := r.connect(t); st.State != control.StateConnected {
+		t.Fatalf("status %+v", st)
+	}
+	if c, ok := r.dc.Current(); !ok || !slices.Equal(c.Servers, addrs("9.9.9.9")) {
+		t.Fatalf("DNS %+v %v", c, ok)
+	}
+}
+
+// With neither, connecting fails and says what to do, and nothing of the
+// tunnel is left behind: no routes, no DNS, the tunnel closed. The kill
+// switch stays, since the user still means to be connected.
+func TestConnectWithoutDNSFails(t *testing.T) {
+	bare := &directory.Document{Nodes: []directory.Descriptor{
+		{ID: "entry1", Role: directory.RoleEntry, Address: "192.0.2.11:1789"},
+		{ID: "exit1", Role: directory.RoleExit, Address: "192.0.2.51:1789"},
+	}}
+	r := newDNSRig(t, `{}`, bare)
+	st := r.connect(t)
+	if st.State != control.StateError || !strings.Contains(st.Error, "no DNS server: set dns_servers or choose an exit that provides one") {
+		t.Fatalf("status %+v", st)
+	}
+	r.wantNothingLeft(t)
+}
+
+// A DNS that cannot be set, once the tunnel is current and routed, takes
+// the tunnel down with it: the status says Error and nothing carries
+// traffic behind it. DNS it set half way is restored.
+func TestDNSFailureTearsDown(t *testing.T) {
+	r := newDNSRig(t, `{}`, testDoc)
+	r.dc.fail.Store(true)
+	st := r.connect(t)
+	if st.State != control.StateError || !strings.Contains(st.Error, "resolved said no") {
+		t.Fatalf("status %+v", st)
+	}
+	r.wantNothingLeft(t)
+	if r.dc.restores.Load() < 2 { // the one at start, and the undoing
+		t.Fatalf("half-set DNS not restored (%d restores)", r.dc.restores.Load())
+	}
+
+	// And the next attempt, with DNS working again, connects.
+	r.dc.fail.Store(false)
+	if st := r.connect(t); st.State != control.StateConnected {
+		t.Fatalf("status %+v", st)
+	}
+	if _, ok := r.dc.Current(); !ok {
+		t.Fatal("no DNS")
+	}
+}
+
+// Routes that cannot be set are the same.
+func TestRoutesFailureTearsDown(t *testing.T) {
+	r := newDNSRig(t, `{}`, testDoc)
+	r.rt.fail.Store(true)
+	st := r.connect(t)
+	if st.State != control.StateError || !strings.Contains(st.Error, "netlink said no") {
+		t.Fatalf("status %+v", st)
+	}
+	r.wantNothingLeft(t)
+}
+
+// wantNothingLeft checks that a failed connection left no tunnel, routes
+// or DNS, and the kill switch on.
+func (r *dnsRig) wantNothingLeft(t *testing.T) {
+	t.Helper()
+	for i, tn := range r.net.opened() {
+		if !tn.closed.Load() {
+			t.Errorf("tunnel %d left open", i)
+		}
+	}
+	r.d.mu.Lock()
+	cur := r.d.cur
+	r.d.mu.Unlock()
+	if cur != nil {
+		t.Error("a tunnel is still current")
+	}
+	if rc, _ := r.rt.Current(); len(rc.Addresses) != 0 || rc.RouteIPv4 {
+		t.Errorf("routes left %+v", rc)
+	}
+	if c, on := r.dc.Current(); on {
+		t.Errorf("DNS left %+v", c)
+	}
+	if _, on := r.fw.Active(); !on {
+		t.Error("the kill switch went off while the user means to be connected")
+	}
+}
+
+// On the in-process network the exit's resolvers come through the real
+// directory and an Anonymous tunnel to the daemon's DNS.
+func TestConnectAnonymousUsesExitDNS(t *testing.T) {
+	want := addrs("192.0.2.80")
+	n := servertest.Start(t, servertest.Options{Echo: true, ExitDNS: want})
+	dir := t.TempDir()
+	sys := filepath.Join(dir, "system.json")
+	if err := os.WriteFile(sys, []byte(`{"mean_delay_ms": 2}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dc := &dns.Fake{}
+	d, err := New(Config{Device: tuntest.NewChannelTUN().TUN(), DirectoryURL: n.DirURL, DirectoryKey: n.AuthKey,
+		SystemSettings: sys, Settings: filepath.Join(dir, "own.json"),
+		Router: &router.Fake{}, DNS: dc, Firewall: &firewall.Fake{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	events, stop := d.Subscribe()
+	defer stop()
+	if err := d.Connect(ctx, control.ModeAnonymous, "", ""); err != nil {
+		t.Fatal(err)
+	}
+	if st := waitStates(t, events, control.StateConnected, control.StateError); st.State != control.StateConnected {
+		t.Fatalf("status %+v", st)
+	}
+	if c, ok := dc.Current(); !ok || !slices.Equal(c.Servers, want) {
+		t.Fatalf("DNS %+v %v, want the exit's %v", c, ok, want)
+	}
+}
