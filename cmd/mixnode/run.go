@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"crypto/ed25519"
 	"encoding/base64"
@@ -15,9 +14,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/pprof"
-	"slices"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -28,6 +24,7 @@ import (
 	"github.com/mixvpn/mixvpn/mixnet/server"
 	"github.com/mixvpn/mixvpn/platform/entryfilter"
 	"github.com/mixvpn/mixvpn/platform/exitnat"
+	"github.com/mixvpn/mixvpn/platform/sysmon"
 	"github.com/mixvpn/mixvpn/platform/wgserver"
 )
 
@@ -451,7 +448,7 @@ const (
 // holds packets back (10 ms raised the anonymous round trip from 1.05-1.12
 // to 1.30-1.38 times the model's; 1 ms kept it at 1.06 with the same
 // goodput, `make bench-net`).
-const defaultSysmonSlack = time.Millisecond
+const defaultSysmonSlack = sysmon.DefaultSlack
 
 // runtimeTuning is how `mixnode run` sets up the Go runtime around a node.
 type runtimeTuning struct {
@@ -474,7 +471,7 @@ type runtimeTuning struct {
 // apply starts what t asks for; stop ends it (writing the profile).
 func (t runtimeTuning) apply(id string, log *slog.Logger) (stop func(), err error) {
 	if t.SysmonSlack > 0 {
-		if err := setSysmonSlack(t.SysmonSlack); err != nil {
+		if err := sysmon.SetSlack(t.SysmonSlack); err != nil {
 			log.Warn("sysmon timer slack not set", "err", err)
 		}
 	}
@@ -500,53 +497,6 @@ func (t runtimeTuning) apply(id string, log *slog.Logger) (stop func(), err erro
 			log.Warn("cpu profile", "err", err)
 		}
 	}, nil
-}
-
-// setSysmonSlack gives the runtime's sysmon thread a timer slack of d
-// (Linux: /proc/TID/timerslack_ns). Sysmon is the first thread the runtime
-// starts after the main one, before any package's init runs, so it is the
-// oldest thread after the main one, ordering threads by start time, then
-// thread id.
-func setSysmonSlack(d time.Duration) error {
-	ents, err := os.ReadDir("/proc/self/task")
-	if err != nil {
-		return err
-	}
-	type thread struct{ tid, start uint64 }
-	pid := uint64(os.Getpid())
-	var threads []thread
-	for _, e := range ents {
-		tid, err := strconv.ParseUint(e.Name(), 10, 64)
-		if err != nil || tid == pid {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc/self/task", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		// Fields after the command name in parentheses; starttime is the
-		// 22nd field of the line, the 20th after the name.
-		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
-		if len(f) < 20 {
-			continue
-		}
-		start, err := strconv.ParseUint(f[19], 10, 64)
-		if err != nil {
-			continue
-		}
-		threads = append(threads, thread{tid, start})
-	}
-	if len(threads) == 0 {
-		return errors.New("no runtime thread found")
-	}
-	sysmon := slices.MinFunc(threads, func(a, b thread) int {
-		return cmp.Or(cmp.Compare(a.start, b.start), cmp.Compare(a.tid, b.tid))
-	})
-	path := fmt.Sprintf("/proc/%d/timerslack_ns", sysmon.tid)
-	if err := os.WriteFile(path, []byte(strconv.FormatInt(int64(d), 10)), 0); err != nil {
-		return fmt.Errorf("sysmon timer slack: %w", err)
-	}
-	return nil
 }
 
 // envDuration reads a duration from the environment variable name, or

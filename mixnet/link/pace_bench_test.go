@@ -4,22 +4,18 @@ package link
 
 import (
 	"bufio"
-	"bytes"
-	"cmp"
 	"context"
 	"encoding/hex"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mixvpn/mixvpn/platform/sysmon"
 )
 
 var paceSysmonSlack = flag.Duration("pace.sysmon-slack", 0, "BenchmarkPacedLink: timer slack for the runtime's sysmon thread, as `mixnode run` sets it")
@@ -80,7 +76,7 @@ func BenchmarkPacedLink(b *testing.B) {
 	}
 	time.Sleep(200 * time.Millisecond) // past the start
 	if *paceSysmonSlack > 0 {
-		if err := setSysmonSlack(*paceSysmonSlack); err != nil {
+		if err := sysmon.SetSlack(*paceSysmonSlack); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -125,53 +121,4 @@ func TestPacedLinkClient(t *testing.T) {
 		t.Fatal(err)
 	}
 	bufio.NewReader(os.Stdin).ReadString('\n') // until the parent closes it
-}
-
-// setSysmonSlack is a copy of cmd/mixnode's (runtimeTuning.SysmonSlack),
-// for the benchmark to measure a node as `mixnode run` runs it. It gives
-// the runtime's sysmon thread a timer slack of d (/proc/TID/timerslack_ns).
-// Sysmon is the first thread the runtime
-// starts after the main one, before any package's init runs, so it is the
-// oldest thread after the main one, ordering threads by start time, then
-// thread id.
-func setSysmonSlack(d time.Duration) error {
-	ents, err := os.ReadDir("/proc/self/task")
-	if err != nil {
-		return err
-	}
-	type thread struct{ tid, start uint64 }
-	pid := uint64(os.Getpid())
-	var threads []thread
-	for _, e := range ents {
-		tid, err := strconv.ParseUint(e.Name(), 10, 64)
-		if err != nil || tid == pid {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc/self/task", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		// Fields after the command name in parentheses; starttime is the
-		// 22nd field of the line, the 20th after the name.
-		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
-		if len(f) < 20 {
-			continue
-		}
-		start, err := strconv.ParseUint(f[19], 10, 64)
-		if err != nil {
-			continue
-		}
-		threads = append(threads, thread{tid, start})
-	}
-	if len(threads) == 0 {
-		return errors.New("no runtime thread found")
-	}
-	sysmon := slices.MinFunc(threads, func(a, b thread) int {
-		return cmp.Or(cmp.Compare(a.start, b.start), cmp.Compare(a.tid, b.tid))
-	})
-	path := fmt.Sprintf("/proc/%d/timerslack_ns", sysmon.tid)
-	if err := os.WriteFile(path, []byte(strconv.FormatInt(int64(d), 10)), 0); err != nil {
-		return fmt.Errorf("sysmon timer slack: %w", err)
-	}
-	return nil
 }

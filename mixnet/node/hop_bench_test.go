@@ -4,20 +4,15 @@ package node
 
 import (
 	"bufio"
-	"bytes"
-	"cmp"
 	"context"
 	"crypto/ecdh"
 	"encoding/hex"
-	"errors"
 	"flag"
 	"fmt"
 	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -28,6 +23,7 @@ import (
 	"github.com/mixvpn/mixvpn/mixnet/link"
 	"github.com/mixvpn/mixvpn/mixnet/replay"
 	"github.com/mixvpn/mixvpn/mixnet/sphinx"
+	"github.com/mixvpn/mixvpn/platform/sysmon"
 )
 
 // The hop benchmark measures what one mix costs per packet in CPU time,
@@ -149,7 +145,7 @@ func benchHop(b *testing.B, rate int, delay time.Duration) {
 	}
 
 	if *hopSysmonSlack > 0 {
-		if err := setSysmonSlack(*hopSysmonSlack); err != nil {
+		if err := sysmon.SetSlack(*hopSysmonSlack); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -298,54 +294,5 @@ func hopLoadGenerator() error {
 	case <-time.After(10 * time.Second):
 	}
 	fmt.Println("DONE", got.Load())
-	return nil
-}
-
-// setSysmonSlack is a copy of cmd/mixnode's (runtimeTuning.SysmonSlack),
-// for the benchmark to measure a node as `mixnode run` runs it. It gives
-// the runtime's sysmon thread a timer slack of d (/proc/TID/timerslack_ns).
-// Sysmon is the first thread the runtime
-// starts after the main one, before any package's init runs, so it is the
-// oldest thread after the main one, ordering threads by start time, then
-// thread id.
-func setSysmonSlack(d time.Duration) error {
-	ents, err := os.ReadDir("/proc/self/task")
-	if err != nil {
-		return err
-	}
-	type thread struct{ tid, start uint64 }
-	pid := uint64(os.Getpid())
-	var threads []thread
-	for _, e := range ents {
-		tid, err := strconv.ParseUint(e.Name(), 10, 64)
-		if err != nil || tid == pid {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc/self/task", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		// Fields after the command name in parentheses; starttime is the
-		// 22nd field of the line, the 20th after the name.
-		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
-		if len(f) < 20 {
-			continue
-		}
-		start, err := strconv.ParseUint(f[19], 10, 64)
-		if err != nil {
-			continue
-		}
-		threads = append(threads, thread{tid, start})
-	}
-	if len(threads) == 0 {
-		return errors.New("no runtime thread found")
-	}
-	sysmon := slices.MinFunc(threads, func(a, b thread) int {
-		return cmp.Or(cmp.Compare(a.start, b.start), cmp.Compare(a.tid, b.tid))
-	})
-	path := fmt.Sprintf("/proc/%d/timerslack_ns", sysmon.tid)
-	if err := os.WriteFile(path, []byte(strconv.FormatInt(int64(d), 10)), 0); err != nil {
-		return fmt.Errorf("sysmon timer slack: %w", err)
-	}
 	return nil
 }
