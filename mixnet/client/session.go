@@ -101,11 +101,13 @@ type Session struct {
 	control  []pendingControl
 	seq      uint32
 	surbs    surbBudget
-	lastSent time.Time
-	reasm    session.Reassembler
-	order    session.Sequencer
-	release  *time.Timer // runs order.Release when a held packet is due
-	dropped  uint64
+	// surbsFirst tells that the last message put SURBs before data.
+	surbsFirst bool
+	lastSent   time.Time
+	reasm      session.Reassembler
+	order      session.Sequencer
+	release    *time.Timer // runs order.Release when a held packet is due
+	dropped    uint64
 }
 
 type pendingControl struct {
@@ -314,55 +316,10 @@ func (s *Session) pack(ctx context.Context) {
 // next builds the next message, or returns nil if nothing is due.
 func (s *Session) next(buf []byte, rng *mrand.Rand, now time.Time) ([]byte, error) {
 	var b session.Builder
-	b.Reset(buf, s.id)
-	s.mu.Lock()
-	due := false
-	for i := range s.control {
-		c := &s.control[i]
-		if c.last.IsZero() || now.Sub(c.last) >= s.cfg.RetryInterval {
-			b.Control(c.typ, c.seq)
-			c.last = now
-			due = true
-		}
-	}
-	surbs := 0
-	per := session.RecordHeaderSize + sphinx.SURBSize
-	if !s.isOpen {
-		// Until the exit knows the session, only Open goes out, with as
-		// many SURBs as fit, since the exit drops anything else.
-		if due {
-			surbs = (len(buf) - b.Len()) / per
-		}
-	} else {
-		for len(s.queue) > 0 {
-			p := s.queue[0]
-			n := b.Fragment(s.packetID, p, s.offset)
-			if n == 0 {
-				break
-			}
-			due = true
-			s.offset += n
-			if s.offset == len(p) {
-				s.queue[0] = nil
-				s.queue = s.queue[1:]
-				s.queued -= len(p)
-				s.offset = 0
-				s.packetID++
-			}
-		}
-		surbs = s.surbs.take((len(buf) - b.Len()) / per)
-		if now.Sub(s.lastSent) >= s.cfg.KeepAlive {
-			extra := (len(buf)-b.Len())/per - surbs
-			s.surbs.sent(extra)
-			surbs += extra
-		}
-	}
-	if !due && surbs == 0 {
-		s.mu.Unlock()
+	surbs, ok := s.compose(&b, buf, now)
+	if !ok {
 		return nil, nil
 	}
-	s.lastSent = now
-	s.mu.Unlock()
 	for range surbs {
 		surb, err := s.c.takeSURB(rng)
 		if err != nil {
@@ -382,6 +339,72 @@ func (s *Session) next(buf []byte, rng *mrand.Rand, now time.Time) ([]byte, erro
 		return nil, fmt.Errorf("client: build session packet: %w", err)
 	}
 	return pkt, nil
+}
+
+// compose puts what is due into b (control records, queued data) and
+// returns how many SURBs to add after it, which the caller takes from the
+// pool outside the lock; false if nothing is due.
+func (s *Session) compose(b *session.Builder, buf []byte, now time.Time) (surbs int, ok bool) {
+	b.Reset(buf, s.id)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	due := false
+	for i := range s.control {
+		c := &s.control[i]
+		if c.last.IsZero() || now.Sub(c.last) >= s.cfg.RetryInterval {
+			b.Control(c.typ, c.seq)
+			c.last = now
+			due = true
+		}
+	}
+	per := session.RecordHeaderSize + sphinx.SURBSize
+	if !s.isOpen {
+		// Until the exit knows the session, only Open goes out, with as
+		// many SURBs as fit, since the exit drops anything else.
+		if due {
+			surbs = (len(buf) - b.Len()) / per
+		}
+	} else {
+		// A download's upstream is a trickle of ACKs, which put the
+		// fifth SURB of a message out of room (five take all but 36
+		// bytes). So while the exit is owed a full message of SURBs and
+		// only a trickle waits, every other message puts the SURBs
+		// first and the data in what is left, which holds that data
+		// back by one slot at most; uploads and bursts go first as ever.
+		full := (len(buf) - b.Len()) / per
+		s.surbsFirst = !s.surbsFirst && s.surbs.want() >= full && s.queued-s.offset <= len(buf)-b.Len()-(full-1)*per
+		if s.surbsFirst {
+			b.Limit(len(buf) - full*per)
+		}
+		for len(s.queue) > 0 {
+			p := s.queue[0]
+			n := b.Fragment(s.packetID, p, s.offset)
+			if n == 0 {
+				break
+			}
+			due = true
+			s.offset += n
+			if s.offset == len(p) {
+				s.queue[0] = nil
+				s.queue = s.queue[1:]
+				s.queued -= len(p)
+				s.offset = 0
+				s.packetID++
+			}
+		}
+		b.Limit(len(buf))
+		surbs = s.surbs.take((len(buf) - b.Len()) / per)
+		if now.Sub(s.lastSent) >= s.cfg.KeepAlive {
+			extra := (len(buf)-b.Len())/per - surbs
+			s.surbs.sent(extra)
+			surbs += extra
+		}
+	}
+	if !due && surbs == 0 {
+		return 0, false
+	}
+	s.lastSent = now
+	return surbs, true
 }
 
 // handle takes one opened reply.
@@ -501,10 +524,13 @@ func (b *surbBudget) status(stock int) {
 // flushed starts over after the exit was told to drop its stock.
 func (b *surbBudget) flushed() { b.stock, b.sentSince, b.owed = 0, 0, 0 }
 
+// want is how many SURBs the exit should be sent now.
+func (b *surbBudget) want() int { return max(b.owed, b.target-b.stock-b.sentSince, 0) }
+
 // take returns how many SURBs, at most fit, the next message carries,
 // and counts them as sent.
 func (b *surbBudget) take(fit int) int {
-	n := min(max(b.owed, b.target-b.stock-b.sentSince, 0), fit)
+	n := min(b.want(), fit)
 	b.sent(n)
 	return n
 }

@@ -207,6 +207,13 @@ func (b *Builder) Reset(buf []byte, id ID) {
 // Len is the message length so far.
 func (b *Builder) Len() int { return b.n }
 
+// Limit makes the message end at n bytes, or at the buffer's end if that
+// comes first, so that records added next leave the rest for later ones;
+// a later Limit moves the end again, up to the buffer's capacity.
+func (b *Builder) Limit(n int) {
+	b.buf = b.buf[:max(b.n, min(n, cap(b.buf), MaxMessageSize))]
+}
+
 // Room is how many body bytes one more record can carry.
 func (b *Builder) Room() int {
 	r := len(b.buf) - b.n - RecordHeaderSize
