@@ -52,6 +52,15 @@ func (c *cli) settingsCommand() *cobra.Command {
 			"  mix_rate         packets per second in Anonymous mode\n" +
 			"  loop_rate        loop packets per second in Anonymous mode\n" +
 			"  mean_delay_ms    mean delay at each mix, in milliseconds\n\n" +
+			"With ipv6=false, IPv6 is blocked while connected (applications fall back to\n" +
+			"IPv4 at once), not sent around the tunnel, kill switch or not.\n\n" +
+			"Changes take effect at once. While connected, kill_switch, lockdown,\n" +
+			"allow_lan, ipv6 and dns_servers change the firewall, routes and DNS in place;\n" +
+			"mode, entry and exit, and in Anonymous mode the rates, reconnect: a new tunnel\n" +
+			"(through the gateways in use for the choices not changed) replaces the old,\n" +
+			"and nothing goes around the tunnel meanwhile; mixvpn status shows how it\n" +
+			"goes. dns_servers emptied while connected through an exit that provides no\n" +
+			"resolver is refused.\n\n" +
 			"Dashes may stand for underscores: kill-switch=true.",
 		Example: "  mixvpn settings set kill_switch=true dns_servers=9.9.9.9,149.112.112.112 exit=CH",
 		Args:    cobra.MinimumNArgs(1),

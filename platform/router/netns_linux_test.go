@@ -463,3 +463,195 @@ func TestRouterAbortsConnectionsOfRemovedAddresses(t *testing.T) {
 		t.Errorf("connection on an address that stays: read %v, want it still open", err)
 	}
 }
+
+// TestRouterBlocksIPv6: with BlockIPv6, IPv6 that would leave by the
+// physical interface fails at once with "no route to host" and never
+// reaches the wire, while the tunnel's own (marked) traffic, the bypass,
+// the LAN allowed and the connected subnet (and with it neighbour
+// discovery) still go by the main table. Switching between blocking and
+// routing IPv6 into the TUN leaves one default route, and Up (after a
+// crash) and Close remove everything.
+func TestRouterBlocksIPv6(t *testing.T) {
+	f := setup(t)
+	// Two addresses on the peer, the client's IPv6 gateway, that only
+	// reach the peer by the client's default route: one elsewhere on the
+	// internet, one on a LAN beyond the connected subnet.
+	outside6, lan6 := netip.MustParseAddr("2001:db8:eeee::9"), netip.MustParseAddr("fd79::1")
+	for _, a := range []netip.Addr{outside6, lan6} {
+		if err := f.peer.Run("ip", "-6", "addr", "add", a.String()+"/128", "dev", "lo"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var sink *net.UDPConn
+	if err := f.peer.Do(func() (err error) {
+		sink, err = net.ListenUDP("udp6", &net.UDPAddr{IP: net.IPv6unspecified, Port: 9999})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	// Each datagram says which send it is, so that one that arrives late
+	// never counts for a later send.
+	sends := 0
+	reachedOnce := func(dst netip.Addr) (bool, error) {
+		t.Helper()
+		sends++
+		msg := fmt.Sprintf("%v #%d", dst, sends)
+		var sendErr error
+		if err := f.client.Do(func() error {
+			c, err := net.DialUDP("udp6", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(dst, 9999)))
+			if err != nil {
+				sendErr = err
+				return nil
+			}
+			defer c.Close()
+			_, sendErr = c.Write([]byte(msg))
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 64)
+		for {
+			sink.SetReadDeadline(time.Now().Add(time.Second))
+			n, _, err := sink.ReadFromUDP(buf)
+			if err != nil {
+				return false, sendErr
+			}
+			if string(buf[:n]) == msg {
+				return true, sendErr
+			}
+		}
+	}
+	// reached sends an unmarked UDP datagram from the client to dst and
+	// reports whether the peer got it, and the send's error; a few tries,
+	// a second each, since the veth's addresses may still be tentative,
+	// unless the send itself failed.
+	reached := func(dst netip.Addr) (ok bool, err error) {
+		t.Helper()
+		for range 3 {
+			if ok, err = reachedOnce(dst); ok || err != nil {
+				break
+			}
+		}
+		return ok, err
+	}
+	before := f.state(t)
+	r := f.newRouter(t)
+	if err := r.Up(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+
+	// Routing IPv4 alone leaves IPv6 to the main table: this is the leak.
+	leaky := testConfig()
+	leaky.RouteIPv6 = false
+	leaky.Addresses = leaky.Addresses[:1]
+	if err := r.Set(t.Context(), leaky); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := reached(outside6); !ok {
+		t.Fatalf("without blocking, IPv6 did not leave by the main table (%v): the test proves nothing", err)
+	}
+
+	if err := r.Set(t.Context(), Config{Interface: tunName, RouteIPv6: true, BlockIPv6: true}); err == nil {
+		t.Fatal("IPv6 both routed and blocked accepted")
+	}
+	blocked := leaky
+	blocked.BlockIPv6 = true
+	blocked.AllowLAN = append(blocked.AllowLAN, netip.MustParsePrefix("fd79::/64"))
+	if err := r.Set(t.Context(), blocked); err != nil {
+		t.Fatal(err)
+	}
+	// The kernel answers an IPv6 unreachable route with EHOSTUNREACH.
+	if out, err := f.client.Output("ip", "-6", "route", "get", outside6.String()); err == nil || !strings.Contains(err.Error(), "No route to host") {
+		t.Errorf("ip route get %v: %q, %v; want no route", outside6, out, err)
+	}
+	for _, dst := range []netip.Addr{outside6, elsewhere6} {
+		ok, err := reached(dst)
+		if ok {
+			t.Errorf("IPv6 to %v left the machine while blocked", dst)
+		}
+		if !errors.Is(err, syscall.EHOSTUNREACH) {
+			t.Errorf("sending to %v: %v, want EHOSTUNREACH at once", dst, err)
+		}
+	}
+	if err := f.client.Do(func() error {
+		c, err := net.DialTimeout("tcp6", netip.AddrPortFrom(outside6, 80).String(), 5*time.Second)
+		if err == nil {
+			c.Close()
+		}
+		if !errors.Is(err, syscall.EHOSTUNREACH) {
+			t.Errorf("TCP to %v: %v, want EHOSTUNREACH at once", outside6, err)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{outside6.String(), "mark", "0x6d78"}, "via fd78::2 dev eth0"},
+		{[]string{entry6.String(), "ipproto", "udp", "dport", "51820"}, "via fd78::2 dev eth0"},
+		{[]string{lan6.String()}, "via fd78::2 dev eth0"},
+		{[]string{"fd78::2"}, "dev eth0"},
+		{[]string{elsewhere4.String()}, "dev " + tunName},
+	} {
+		if got := f.routeGet(t, c.args...); !strings.Contains(got, c.want) {
+			t.Errorf("ip route get %s: %q, want %q", strings.Join(c.args, " "), got, c.want)
+		}
+	}
+	if ok, err := reached(lan6); !ok {
+		t.Errorf("the LAN allowed is unreachable while IPv6 is blocked: %v", err)
+	}
+	if !f.answers(netip.MustParseAddr("fd78::2"), false) {
+		t.Error("the connected subnet is unreachable while IPv6 is blocked")
+	}
+	if !f.answers(outside6, true) {
+		t.Error("marked IPv6 does not leave by the main table while IPv6 is blocked")
+	}
+
+	// From blocking to routing into the TUN and back: one default route
+	// at a time, and each works.
+	routed := testConfig()
+	if err := r.Set(t.Context(), routed); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.routeGet(t, outside6.String()); !strings.Contains(got, "dev "+tunName) {
+		t.Errorf("routed: ip route get %v: %q", outside6, got)
+	}
+	if s := f.state(t); strings.Contains(s, "unreachable") {
+		t.Errorf("the unreachable route stayed once IPv6 was routed:\n%s", s)
+	}
+	if err := r.Set(t.Context(), blocked); err != nil {
+		t.Fatal(err)
+	}
+	s := f.state(t)
+	if strings.Contains(s, "default dev "+tunName+" table 51888 metric") || !strings.Contains(s, "unreachable default dev lo table 51888 metric 4278198272") {
+		t.Errorf("blocked again:\n%s", s)
+	}
+	if ok, err := reached(outside6); ok || !errors.Is(err, syscall.EHOSTUNREACH) {
+		t.Errorf("blocked again, IPv6 left: %v %v", ok, err)
+	}
+
+	// A router that died blocking leaves the unreachable route; the
+	// next one's Up removes it with the rest.
+	next := f.newRouter(t)
+	if err := next.Up(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if s := f.state(t); strings.Contains(s, "51888") {
+		t.Errorf("leftovers after Up:\n%s", s)
+	}
+	if err := next.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if after := f.state(t); after != before {
+		t.Fatalf("Close did not restore:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	if ok, err := reached(outside6); !ok {
+		t.Errorf("IPv6 still blocked after Close: %v", err)
+	}
+}

@@ -50,6 +50,16 @@ type Config struct {
 	// RouteIPv4 and RouteIPv6 send that family's default route through
 	// the TUN. A family not routed keeps using the main table.
 	RouteIPv4, RouteIPv6 bool
+	// BlockIPv6 is for a tunnel that carries no IPv6: what RouteIPv6
+	// would send into the TUN fails at once with "no route to host"
+	// (EHOSTUNREACH) instead, so that IPv6 does not leave around the
+	// tunnel and applications fall back to IPv4 without waiting for a
+	// timeout. The same rules as RouteIPv6 let through the bypass,
+	// AllowLAN, the main table's routes other than its default (the
+	// directly connected subnets and link-local, which neighbour
+	// discovery, router adverts and DHCPv6 use) and FwMark's sockets.
+	// It excludes RouteIPv6.
+	BlockIPv6 bool
 	// Bypass are the tunnel's own endpoints, such as the entry gateway.
 	// Their traffic leaves by the main table even from unmarked sockets;
 	// port 0 bypasses every port of the address.
@@ -75,6 +85,9 @@ type Options struct {
 func (c Config) Validate() error {
 	if c.Interface == "" {
 		return errors.New("router: no interface")
+	}
+	if c.RouteIPv6 && c.BlockIPv6 {
+		return errors.New("router: IPv6 cannot be both routed into the tunnel and blocked")
 	}
 	for _, a := range c.Addresses {
 		if !a.IsValid() {

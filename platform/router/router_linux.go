@@ -208,7 +208,7 @@ func (r *linuxRouter) Set(ctx context.Context, cfg Config) error {
 		}
 		delete(r.routes, k)
 	}
-	r.log.Info("routes set", "interface", cfg.Interface, "ipv4", cfg.RouteIPv4, "ipv6", cfg.RouteIPv6,
+	r.log.Info("routes set", "interface", cfg.Interface, "ipv4", cfg.RouteIPv4, "ipv6", cfg.RouteIPv6, "block_ipv6", cfg.BlockIPv6,
 		"rules", len(r.rules), "routes", len(r.routes))
 	return nil
 }
@@ -286,7 +286,16 @@ func (r *linuxRouter) teardown() error {
 	return nil
 }
 
-// wantRoutes are the default routes into the TUN, in the router's table.
+// blockMetric is the metric of BlockIPv6's unreachable default route.
+// It differs from the route into the TUN's (the kernel's 1024), so that
+// while Set swaps one for the other both can be in the table at once and
+// deleting one never matches the other; and it is the highest, as the
+// kernel's VRF documentation has it for the same kind of route, so that
+// the route into the TUN wins while both are there.
+const blockMetric = 4278198272
+
+// wantRoutes are the default routes into the TUN, in the router's table,
+// and BlockIPv6's unreachable one.
 func (r *linuxRouter) wantRoutes(cfg Config, index int) map[string]netlink.Route {
 	out := map[string]netlink.Route{}
 	if cfg.RouteIPv4 {
@@ -301,20 +310,29 @@ func (r *linuxRouter) wantRoutes(cfg Config, index int) map[string]netlink.Route
 			Dst: &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)},
 		}
 	}
+	if cfg.BlockIPv6 {
+		// An unreachable route ends the lookup with an error (for IPv6,
+		// EHOSTUNREACH): it does not fall through to the main table's
+		// default route, as an empty table would.
+		out["6 unreachable default"] = netlink.Route{
+			Table: r.table, Family: netlink.FAMILY_V6, Type: unix.RTN_UNREACHABLE, Priority: blockMetric,
+			Dst: &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)},
+		}
+	}
 	return out
 }
 
-// wantRules are, per routed family and in priority order: the bypass and
-// LAN destinations to the main table; the main table for everything but
-// its default route, so that connected and LAN routes keep working; and
-// the router's table for every packet without FwMark.
+// wantRules are, per family routed or blocked and in priority order: the
+// bypass and LAN destinations to the main table; the main table for
+// everything but its default route, so that connected and LAN routes keep
+// working; and the router's table for every packet without FwMark.
 func (r *linuxRouter) wantRules(cfg Config) map[string]netlink.Rule {
 	out := map[string]netlink.Rule{}
 	for _, fam := range []struct {
 		on  bool
 		num int
 		is4 bool
-	}{{cfg.RouteIPv4, netlink.FAMILY_V4, true}, {cfg.RouteIPv6, netlink.FAMILY_V6, false}} {
+	}{{cfg.RouteIPv4, netlink.FAMILY_V4, true}, {cfg.RouteIPv6 || cfg.BlockIPv6, netlink.FAMILY_V6, false}} {
 		if !fam.on {
 			continue
 		}

@@ -17,10 +17,11 @@ func TestValidate(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, c := range map[string]Config{
-		"no interface":   {},
-		"bad address":    {Interface: "x", Addresses: []netip.Prefix{{}}},
-		"bad bypass":     {Interface: "x", Bypass: []netip.AddrPort{{}}},
-		"bad LAN prefix": {Interface: "x", AllowLAN: []netip.Prefix{{}}},
+		"no interface":            {},
+		"bad address":             {Interface: "x", Addresses: []netip.Prefix{{}}},
+		"bad bypass":              {Interface: "x", Bypass: []netip.AddrPort{{}}},
+		"bad LAN prefix":          {Interface: "x", AllowLAN: []netip.Prefix{{}}},
+		"IPv6 routed and blocked": {Interface: "x", RouteIPv6: true, BlockIPv6: true},
 	} {
 		if c.Validate() == nil {
 			t.Errorf("%s: accepted", name)

@@ -128,6 +128,10 @@ type Daemon struct {
 	live      liveness
 	doc       *directory.Document // last fetched, for the kill switch's endpoints
 	dnsOn     bool
+
+	// retry is whether gen's attempt retries its failures, so that one
+	// started over for new settings keeps doing so.
+	retry bool
 }
 
 // New builds a daemon. It loads the settings and what the user last asked
@@ -361,6 +365,7 @@ func (d *Daemon) start(tg target, state control.State, reason string, retry bool
 func (d *Daemon) startLocked(tg, via target, state control.State, reason string, retry bool) {
 	gen, ctx := d.supersedeLocked()
 	d.target = tg
+	d.retry = retry
 	d.setStatusLocked(func(st *control.Status) {
 		st.State, st.Mode, st.Error = state, via.Mode, reason
 		if state == control.StateConnecting {
@@ -469,11 +474,7 @@ func (d *Daemon) bringUp(ctx context.Context, gen uint64, tg target) error {
 	if old != nil {
 		old.Close()
 	}
-	rc := router.Config{Interface: d.ifname, Addresses: addrs, RouteIPv4: true, RouteIPv6: s.IPv6, Bypass: d.bypass(doc)}
-	if s.AllowLAN {
-		rc.AllowLAN = firewall.DefaultLAN()
-	}
-	if err := d.cfg.Router.Set(ctx, rc); err != nil {
+	if err := d.cfg.Router.Set(ctx, d.routeConfig(s, addrs, doc)); err != nil {
 		d.abandon(ctx)
 		return fmt.Errorf("routes: %w", err)
 	}
@@ -631,25 +632,6 @@ func (d *Daemon) Settings() control.Settings {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.settings
-}
-
-// SetSettings stores s (validated by the control server) and applies what
-// can change live: the kill switch, lockdown (and its boot ruleset) and
-// the LAN rules.
-func (d *Daemon) SetSettings(ctx context.Context, s control.Settings) error {
-	if err := s.Validate(); err != nil {
-		return fmt.Errorf("%w: %v", control.ErrInvalid, err)
-	}
-	if d.cfg.Settings != "" {
-		if err := saveSettings(d.cfg.Settings, s); err != nil {
-			return err
-		}
-	}
-	d.mu.Lock()
-	d.settings = s
-	meantUp := d.target.Connected
-	d.mu.Unlock()
-	return d.syncFirewall(meantUp)
 }
 
 // Stats returns the current tunnel's counters.

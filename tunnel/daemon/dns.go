@@ -33,8 +33,8 @@ func resolvers(s control.Settings, doc *directory.Document, exitID string) ([]ne
 	}
 	var out []netip.Addr
 	for _, a := range exit.DNS {
-		// Without ipv6 the tunnel carries no IPv6, so an IPv6 resolver
-		// would be asked outside it, or not at all.
+		// Without ipv6 the tunnel carries no IPv6 and the routes block
+		// it (see routeConfig), so an IPv6 resolver would never answer.
 		if a.Is6() && !s.IPv6 {
 			continue
 		}

@@ -41,22 +41,34 @@ func (f *fakeTunnel) Up(context.Context) error { return nil }
 func (f *fakeTunnel) Carry()                   { f.carried.Store(true) }
 func (f *fakeTunnel) Close() error             { f.closed.Store(true); return nil }
 func (f *fakeTunnel) Info() ([]netip.Prefix, string, string) {
-	return []netip.Prefix{netip.MustParsePrefix("10.64.0.2/32")}, "entry1", "exit1"
+	return []netip.Prefix{netip.MustParsePrefix("10.64.0.2/32"), netip.MustParsePrefix("fd64::2/128")}, "entry1", "exit1"
 }
 func (f *fakeTunnel) Stats() control.Stats {
 	return control.Stats{Mode: f.tg.Mode, BytesOut: f.sent.Load(), BytesIn: f.heard.Load()}
 }
 func (f *fakeTunnel) Progress() (uint64, uint64) { return f.sent.Load(), f.heard.Load() }
 
-// fakeNet opens fakeTunnels, failing the next fail attempts.
+// fakeNet opens fakeTunnels, failing the next fail attempts. The next
+// hold attempts wait until they are cancelled, saying on held that they
+// are waiting.
 type fakeNet struct {
 	mu      sync.Mutex
 	fail    int
+	hold    int
+	held    chan struct{}
 	tunnels []*fakeTunnel
 }
 
-func (n *fakeNet) open(_ context.Context, tg target, _ *directory.Document, _ control.Settings) (modeTunnel, error) {
+func (n *fakeNet) open(ctx context.Context, tg target, _ *directory.Document, _ control.Settings) (modeTunnel, error) {
 	n.mu.Lock()
+	if n.hold > 0 {
+		n.hold--
+		held := n.held
+		n.mu.Unlock()
+		held <- struct{}{}
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
 	defer n.mu.Unlock()
 	if n.fail > 0 {
 		n.fail--
@@ -65,6 +77,15 @@ func (n *fakeNet) open(_ context.Context, tg target, _ *directory.Document, _ co
 	t := &fakeTunnel{tg: tg}
 	n.tunnels = append(n.tunnels, t)
 	return t, nil
+}
+
+// setHold makes the next k attempts wait until cancelled; each sends on
+// the channel returned once it waits.
+func (n *fakeNet) setHold(k int) <-chan struct{} {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.hold, n.held = k, make(chan struct{}, k)
+	return n.held
 }
 
 func (n *fakeNet) setFail(k int) {
@@ -104,6 +125,7 @@ type rig struct {
 	d      *Daemon
 	rt     *router.Fake
 	fw     *firewall.Fake
+	dc     *dns.Fake
 	mon    *router.FakeMonitor
 	net    *fakeNet
 	clk    *fakeClock
@@ -130,13 +152,13 @@ func newRig(t *testing.T, dir, settings string) *rig {
 			t.Fatal(err)
 		}
 	}
-	r := &rig{rt: &router.Fake{}, fw: &firewall.Fake{}, mon: &router.FakeMonitor{}, net: &fakeNet{},
+	r := &rig{rt: &router.Fake{}, fw: &firewall.Fake{}, dc: &dns.Fake{}, mon: &router.FakeMonitor{}, net: &fakeNet{},
 		clk: &fakeClock{wall: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}, dir: dir}
 	d, err := New(Config{
 		Device: tuntest.NewChannelTUN().TUN(), DirectoryURL: "http://192.0.2.2:8080", DirectoryKey: make([]byte, 32),
 		SystemSettings: filepath.Join(dir, "system.json"), Settings: filepath.Join(dir, "settings.json"),
 		State: filepath.Join(dir, "state.json"), LockdownRuleset: filepath.Join(dir, "lockdown.nft"),
-		Router: r.rt, DNS: &dns.Fake{}, Firewall: r.fw, Monitor: r.mon,
+		Router: r.rt, DNS: r.dc, Firewall: r.fw, Monitor: r.mon,
 		Reconnect: ReconnectConfig{CheckInterval: time.Hour, DeadAfter: 20 * time.Second, Settle: time.Millisecond, RetryMin: time.Millisecond, RetryMax: 5 * time.Millisecond},
 	})
 	if err != nil {
