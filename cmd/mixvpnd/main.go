@@ -21,6 +21,7 @@ import (
 	"github.com/mixvpn/mixvpn/platform/dns"
 	"github.com/mixvpn/mixvpn/platform/firewall"
 	"github.com/mixvpn/mixvpn/platform/router"
+	"github.com/mixvpn/mixvpn/platform/sleep"
 	"github.com/mixvpn/mixvpn/platform/sysmon"
 	"github.com/mixvpn/mixvpn/tunnel/control"
 	"github.com/mixvpn/mixvpn/tunnel/daemon"
@@ -141,6 +142,8 @@ func run(ctx context.Context, o options) error {
 		Settings: o.settings, SystemSettings: o.systemSettings,
 		State: o.state, LockdownRuleset: o.lockdownRuleset,
 		Router: rt, DNS: dc, Firewall: fw, Monitor: mon, Logger: log,
+		// Resumes as logind announces them; without it the clocks still show sleeps.
+		Sleep: sleep.New(sleep.Options{Logger: log}),
 	})
 	if err != nil {
 		dev.Close()

@@ -69,6 +69,10 @@ type Config struct {
 	// tunnel reconnects. Nil leaves the tunnel's own health and the
 	// clocks to notice.
 	Monitor router.Monitor
+	// Sleep reports resumes from sleep as the system announces them,
+	// after which a connected tunnel reconnects as when the clocks show
+	// a sleep. Nil (or one that fails) leaves the clocks to notice.
+	Sleep SleepNotifier
 	// Reconnect tunes how a dead tunnel is noticed and brought back.
 	Reconnect ReconnectConfig
 	Logger    *slog.Logger
@@ -96,10 +100,13 @@ type Daemon struct {
 	// system clock, unless a test put doubles there before Run.
 	open  openFunc
 	clock clock
-	// prevWall and prevMono are the clocks at the last check; only
-	// check touches them, from the watcher (or a test in its place).
+	// prevWall and prevMono are the clocks at the last check, and
+	// wokeWall the wall clock when a wake-up was last acted on; only
+	// check and resumed touch them, from the watcher (or a test in its
+	// place).
 	prevWall time.Time
 	prevMono time.Duration
+	wokeWall time.Time
 
 	// op serialises bringing tunnels up and taking them down.
 	op sync.Mutex

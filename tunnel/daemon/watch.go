@@ -50,6 +50,25 @@ func (c ReconnectConfig) withDefaults() ReconnectConfig {
 	return c
 }
 
+// sameWakeUp is how close, by the wall clock, a resume the system reports
+// follows a wake-up the clocks showed for the two to be the same: the
+// clocks are read every CheckInterval of monotonic time, which stood still
+// in suspend, so the first check after waking may come just before
+// logind's word.
+const sameWakeUp = 10 * time.Second
+
+// SleepNotifier tells the daemon at once that the machine resumed from
+// sleep; platform/sleep's Notifier asks systemd-logind. The clocks notice
+// a sleep too, but only at the next check and only one long enough to
+// tell from drift (SleepJump).
+type SleepNotifier interface {
+	// Resumed sends on the channel after each resume until ctx ends,
+	// then closes it. A receiver that falls behind loses resumes but
+	// never blocks the notifier: one pending is as good as many. It
+	// fails when the system cannot say (no logind, no bus).
+	Resumed(ctx context.Context) (<-chan struct{}, error)
+}
+
 // clock reads the two clocks whose drift tells that the machine slept:
 // the wall clock runs on in suspend, the monotonic clock does not.
 type clock interface {
@@ -92,8 +111,9 @@ func (l *liveness) observe(now time.Duration, sent, heard uint64, deadAfter time
 	return silent, silent >= deadAfter
 }
 
-// watch runs until ctx ends: it follows the network monitor and, every
-// CheckInterval, the clocks and the tunnel's counters.
+// watch runs until ctx ends: it follows the network monitor, the
+// system's resumes from sleep and, every CheckInterval, the clocks and the
+// tunnel's counters.
 func (d *Daemon) watch(ctx context.Context) {
 	var changes <-chan router.Change
 	if d.cfg.Monitor != nil {
@@ -102,6 +122,15 @@ func (d *Daemon) watch(ctx context.Context) {
 			d.log.Warn("not watching the network; dead tunnels are still noticed", "err", err)
 		} else {
 			changes = ch
+		}
+	}
+	var resumes <-chan struct{}
+	if d.cfg.Sleep != nil {
+		ch, err := d.cfg.Sleep.Resumed(ctx)
+		if err != nil {
+			d.log.Warn("not told of resumes from sleep; the clocks still show long sleeps", "err", err)
+		} else {
+			resumes = ch
 		}
 	}
 	tick := time.NewTicker(d.rc.CheckInterval)
@@ -125,6 +154,12 @@ func (d *Daemon) watch(ctx context.Context) {
 		case <-settling:
 			settling = nil
 			d.networkChanged("network changed: " + reason)
+		case _, ok := <-resumes:
+			if !ok {
+				resumes = nil
+				continue
+			}
+			d.resumed(d.clock.now())
 		case <-tick.C:
 			d.check(d.clock.now())
 		}
@@ -134,17 +169,52 @@ func (d *Daemon) watch(ctx context.Context) {
 // check compares the clocks with the last check's and reads the tunnel's
 // counters.
 func (d *Daemon) check(wall time.Time, mono time.Duration) {
-	if d.prevWall.IsZero() {
-		d.prevWall, d.prevMono = wall, mono
+	slept, ok := d.readClocks(wall, mono)
+	if !ok {
 		return
 	}
-	slept := wall.Sub(d.prevWall) - (mono - d.prevMono)
-	d.prevWall, d.prevMono = wall, mono
 	if slept > d.rc.SleepJump {
-		d.networkChanged(fmt.Sprintf("woke up from about %v of sleep", slept.Round(time.Second)))
+		d.woke(wall, slept)
 		return
 	}
 	d.checkAlive(mono)
+}
+
+// resumed acts on the system's word that the machine resumed from sleep,
+// at the clocks' wall and mono, as on a sleep the clocks show, whatever
+// its length. Once: a wake-up a check has just acted on is this one, and
+// the clocks start afresh so that the next check does not count it again.
+func (d *Daemon) resumed(wall time.Time, mono time.Duration) {
+	slept, _ := d.readClocks(wall, mono)
+	// A wall clock set back since is no reason to ignore a resume.
+	if since := wall.Sub(d.wokeWall); !d.wokeWall.IsZero() && since >= 0 && since < sameWakeUp {
+		d.log.Debug("resumed from sleep, already acted on", "slept", slept)
+		return
+	}
+	d.woke(wall, slept)
+}
+
+// readClocks takes the clocks and returns how far the wall clock ran
+// ahead of the monotonic one since they were last taken: how long the
+// machine slept. ok is false the first time, with nothing to compare.
+func (d *Daemon) readClocks(wall time.Time, mono time.Duration) (slept time.Duration, ok bool) {
+	if !d.prevWall.IsZero() {
+		slept, ok = wall.Sub(d.prevWall)-(mono-d.prevMono), true
+	}
+	d.prevWall, d.prevMono = wall, mono
+	return slept, ok
+}
+
+// woke reconnects after a wake-up at wall, found by the clocks or said by
+// the system, that ended a sleep of about slept (0 if unknown): the
+// tunnel's connections, NAT mappings and sessions are likely stale.
+func (d *Daemon) woke(wall time.Time, slept time.Duration) {
+	d.wokeWall = wall
+	reason := "woke up from sleep"
+	if slept >= time.Second {
+		reason = fmt.Sprintf("woke up from about %v of sleep", slept.Round(time.Second))
+	}
+	d.networkChanged(reason)
 }
 
 // networkChanged reconnects a connected tunnel, and makes one being
