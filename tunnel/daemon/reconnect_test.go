@@ -142,7 +142,7 @@ var testDoc = &directory.Document{Nodes: []directory.Descriptor{
 
 // newRig runs a daemon with its files in dir (a fresh one if empty) and
 // settings preset there, stopping it when the test ends.
-func newRig(t *testing.T, dir, settings string) *rig {
+func newRig(t *testing.T, dir, settings string, opts ...func(*Config)) *rig {
 	t.Helper()
 	if dir == "" {
 		dir = t.TempDir()
@@ -154,13 +154,17 @@ func newRig(t *testing.T, dir, settings string) *rig {
 	}
 	r := &rig{rt: &router.Fake{}, fw: &firewall.Fake{}, dc: &dns.Fake{}, mon: &router.FakeMonitor{}, net: &fakeNet{},
 		clk: &fakeClock{wall: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}, dir: dir}
-	d, err := New(Config{
+	cfg := Config{
 		Device: tuntest.NewChannelTUN().TUN(), DirectoryURL: "http://192.0.2.2:8080", DirectoryKey: make([]byte, 32),
 		SystemSettings: filepath.Join(dir, "system.json"), Settings: filepath.Join(dir, "settings.json"),
 		State: filepath.Join(dir, "state.json"), LockdownRuleset: filepath.Join(dir, "lockdown.nft"),
 		Router: r.rt, DNS: r.dc, Firewall: r.fw, Monitor: r.mon,
 		Reconnect: ReconnectConfig{CheckInterval: time.Hour, DeadAfter: 20 * time.Second, Settle: time.Millisecond, RetryMin: time.Millisecond, RetryMax: 5 * time.Millisecond},
-	})
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	d, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,18 +1,10 @@
 package daemon
 
 import (
-	"context"
 	"errors"
-	"path/filepath"
 	"testing"
 	"time"
 
-	"golang.zx2c4.com/wireguard/tun/tuntest"
-
-	"github.com/mixvpn/mixvpn/mixnet/directory"
-	"github.com/mixvpn/mixvpn/platform/dns"
-	"github.com/mixvpn/mixvpn/platform/firewall"
-	"github.com/mixvpn/mixvpn/platform/router"
 	"github.com/mixvpn/mixvpn/platform/sleep"
 	"github.com/mixvpn/mixvpn/tunnel/control"
 )
@@ -21,36 +13,7 @@ import (
 // notifier is part of the Config, which Run reads.
 func newSleepRig(t *testing.T, notifier *sleep.Fake) *rig {
 	t.Helper()
-	dir := t.TempDir()
-	r := &rig{rt: &router.Fake{}, fw: &firewall.Fake{}, dc: &dns.Fake{}, mon: &router.FakeMonitor{}, net: &fakeNet{},
-		clk: &fakeClock{wall: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}, dir: dir}
-	d, err := New(Config{
-		Device: tuntest.NewChannelTUN().TUN(), DirectoryURL: "http://192.0.2.2:8080", DirectoryKey: make([]byte, 32),
-		SystemSettings: filepath.Join(dir, "system.json"), Settings: filepath.Join(dir, "settings.json"),
-		State: filepath.Join(dir, "state.json"), LockdownRuleset: filepath.Join(dir, "lockdown.nft"),
-		Router: r.rt, DNS: r.dc, Firewall: r.fw, Monitor: r.mon, Sleep: notifier,
-		Reconnect: ReconnectConfig{CheckInterval: time.Hour, DeadAfter: 20 * time.Second, Settle: time.Millisecond, RetryMin: time.Millisecond, RetryMax: 5 * time.Millisecond},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.dir = directory.Static{Doc: testDoc}
-	d.open = r.net.open
-	d.clock = r.clk
-	r.d = d
-	var stop func()
-	r.events, stop = d.Subscribe()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-		stop()
-	})
-	return r
+	return newRig(t, "", "", func(c *Config) { c.Sleep = notifier })
 }
 
 // The system's word that the machine resumed reconnects at once, as a
