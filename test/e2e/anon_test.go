@@ -544,24 +544,9 @@ var (
 // absolute sequence numbers and epoch timestamps.
 func captureLinkSegments(t *testing.T, st devnetState) (stop func() []linkSegment) {
 	t.Helper()
-	iface := outerIface(t, st)
-	pcap := filepath.Join(t.TempDir(), "link.pcap")
-	cmd := exec.Command("ip", "netns", "exec", st.ns("client"), "tcpdump", "-i", iface, "-nn", "-U", "-w", pcap, "tcp")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(500 * time.Millisecond) // tcpdump attaches
-	stopped := false
-	t.Cleanup(func() {
-		if !stopped {
-			cmd.Process.Kill()
-			cmd.Wait()
-		}
-	})
+	stopDump := tcpdump(t, st.ns("client"), outerIface(t, st), "tcp", false)
 	return func() []linkSegment {
-		cmd.Process.Signal(syscall.SIGINT)
-		cmd.Wait()
-		stopped = true
+		pcap, _ := stopDump()
 		r := exec.Command("tcpdump", "-r", pcap, "-nn", "-tt", "-S")
 		stdout, err := r.StdoutPipe()
 		if err != nil {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -124,9 +125,10 @@ func (cd *clientDaemon) must(args ...string) string {
 
 // states follows `mixvpn status --watch --json` until the test ends.
 type states struct {
-	t    *testing.T
-	c    chan string
-	seen []string
+	t     *testing.T
+	c     chan string
+	seen  []string
+	ended bool // the watch ended: the daemon went away
 }
 
 func (cd *clientDaemon) watchStates() *states {
@@ -162,19 +164,33 @@ func (cd *clientDaemon) watchStates() *states {
 // returns its line.
 func (w *states) until(want string, timeout time.Duration) string {
 	w.t.Helper()
+	l, ok := w.wait(want, timeout)
+	if !ok {
+		if w.ended {
+			w.t.Fatalf("status --watch ended before %s; saw %v", want, w.seen)
+		}
+		w.t.Fatalf("never %s within %v; saw %v", want, timeout, w.seen)
+	}
+	return l
+}
+
+// wait is until for a test that has something to do when the state does
+// not come: it reports whether it came within timeout.
+func (w *states) wait(want string, timeout time.Duration) (string, bool) {
 	deadline := time.After(timeout)
 	for {
 		select {
 		case l, ok := <-w.c:
 			if !ok {
-				w.t.Fatalf("status --watch ended; saw %v", w.seen)
+				w.ended = true
+				return "", false
 			}
 			w.seen = append(w.seen, l)
 			if strings.HasPrefix(l, want) {
-				return l
+				return l, true
 			}
 		case <-deadline:
-			w.t.Fatalf("never %s within %v; saw %v", want, timeout, w.seen)
+			return "", false
 		}
 	}
 }
@@ -196,8 +212,13 @@ func (cd *clientDaemon) fetchURL(url string) string {
 }
 
 func (cd *clientDaemon) tryFetch(url string, timeout time.Duration) (string, error) {
+	return cd.tryFetchVia(cd.st.addr("inet"), url, timeout)
+}
+
+// tryFetchVia fetches url resolving its name with the DNS server dns.
+func (cd *clientDaemon) tryFetchVia(dns netip.Addr, url string, timeout time.Duration) (string, error) {
 	out, err := exec.Command("ip", "netns", "exec", cd.st.ns("client"), bin("mixnode"), "fetch", "--timeout", timeout.String(),
-		"--dns", cd.st.addr("inet").String(), url).CombinedOutput()
+		"--dns", dns.String(), url).CombinedOutput()
 	return string(out), err
 }
 
@@ -230,39 +251,112 @@ func outerIface(t *testing.T, st devnetState) string {
 	return iface
 }
 
-// capture runs tcpdump on the client's outer interface until stop.
+// capture runs tcpdump on the client's outer interface until stop, which
+// returns the packets as tcpdump -q prints them.
 func capture(t *testing.T, st devnetState) (stop func() []string) {
 	t.Helper()
-	iface := outerIface(t, st)
-	pcap := filepath.Join(t.TempDir(), "client.pcap")
-	cmd := exec.Command("ip", "netns", "exec", st.ns("client"), "tcpdump", "-i", iface, "-nn", "-U", "-w", pcap)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(500 * time.Millisecond) // tcpdump attaches
-	stopped := false
-	t.Cleanup(func() {
-		if !stopped {
-			cmd.Process.Kill()
-			cmd.Wait()
-		}
-	})
+	return captureLines(t, st.ns("client"), outerIface(t, st), "")
+}
+
+// captureLines runs tcpdump on iface in namespace ns, keeping what passes
+// filter (everything if it is empty), until stop, which returns the
+// packets as tcpdump -q prints them. The capture is for finding leaks, so
+// it must be whole: it runs in immediate mode, and a packet the kernel
+// dropped fails the test.
+func captureLines(t *testing.T, ns, iface, filter string) (stop func() []string) {
+	t.Helper()
+	stopDump := tcpdump(t, ns, iface, filter, true)
 	return func() []string {
-		time.Sleep(300 * time.Millisecond)
-		cmd.Process.Signal(syscall.SIGINT)
-		cmd.Wait()
-		stopped = true
+		t.Helper()
+		time.Sleep(300 * time.Millisecond) // the last packets reach the file
+		pcap, dropped := stopDump()
+		if dropped != 0 {
+			t.Errorf("tcpdump on %s lost %d packets in the kernel: the capture is not whole", iface, dropped)
+		}
 		out, err := exec.Command("tcpdump", "-r", pcap, "-nn", "-q").Output()
 		if err != nil {
 			t.Fatal(err)
 		}
-		return strings.Split(strings.TrimSpace(string(out)), "\n")
+		if s := strings.TrimSpace(string(out)); s != "" {
+			return strings.Split(s, "\n")
+		}
+		return nil
 	}
+}
+
+// tcpdump runs tcpdump on iface in namespace ns, writing what passes
+// filter (everything if it is empty) to a file, until stop, which ends it
+// and returns the file and how many packets the kernel dropped (-1 if
+// tcpdump did not say). Cleanup kills it if the test ends first.
+//
+// Immediate mode hands every packet over as it comes. Without it packets
+// wait in the kernel's ring for up to a second, and those still there
+// when tcpdump stops never reach the file (its "received by filter" then
+// exceeds its "captured"); with it, tcpdump wakes for every packet and
+// drops some at the tens of thousands per second of a link at full rate,
+// unless, as here, it keeps only their headers in a large ring.
+func tcpdump(t *testing.T, ns, iface, filter string, immediate bool) (stop func() (pcap string, dropped int)) {
+	t.Helper()
+	pcap := filepath.Join(t.TempDir(), iface+".pcap")
+	args := []string{"netns", "exec", ns, "tcpdump", "-i", iface, "-nn", "-U", "-w", pcap}
+	if immediate {
+		// Headers are all it keeps, and a large ring, so as not to drop
+		// any at the speed of a download in Fast mode.
+		args = append(args, "--immediate-mode", "-s", "256", "-B", "16384")
+	}
+	if filter != "" {
+		args = append(args, filter)
+	}
+	cmd := exec.Command("ip", args...)
+	stderr := &lockedBuffer{}
+	cmd.Stderr = stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		cmd.Process.Kill() // nothing if it is done
+		<-done
+	})
+	time.Sleep(500 * time.Millisecond) // tcpdump attaches
+	return func() (string, int) {
+		t.Helper()
+		select {
+		case <-done:
+			t.Fatalf("tcpdump on %s in %s ended before it was stopped: %v\n%s", iface, ns, cmd.ProcessState, stderr)
+		default:
+		}
+		cmd.Process.Signal(syscall.SIGINT)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("tcpdump on %s in %s did not stop on SIGINT", iface, ns)
+		}
+		stats := strings.Join(strings.Fields(lastLines(stderr.String(), 3)), " ")
+		t.Logf("tcpdump on %s: %s", iface, stats)
+		dropped := -1
+		if m := tcpdumpDropped.FindStringSubmatch(stats); m != nil {
+			dropped, _ = strconv.Atoi(m[1])
+		}
+		return pcap, dropped
+	}
+}
+
+// tcpdumpDropped finds the count in tcpdump's closing statistics.
+var tcpdumpDropped = regexp.MustCompile(`(\d+) packets? dropped by kernel`)
+
+// lastLines is the last n lines of s.
+func lastLines(s string, n int) string {
+	l := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(l[max(0, len(l)-n):], "\n")
 }
 
 // leaks returns the captured packets that are not tunnel traffic between
 // the client and the directory or an entry gateway's link or WireGuard
-// port. Link-layer housekeeping (ARP, IPv6 neighbour discovery) is no leak.
+// port. Link-layer housekeeping (ARP, IPv6 neighbour discovery) is no leak;
+// an entry's ICMP port unreachable for its tunnel port (its node is down)
+// coming in counts as tunnel traffic.
 func leaks(st devnetState, lines []string) (bad []string, tunnel int) {
 	client := st.addr("client").String()
 	allowed := map[string]bool{}
@@ -294,11 +388,27 @@ func leaks(st devnetState, lines []string) (bad []string, tunnel int) {
 		switch {
 		case hostOf(src) == client && allowed[dst], hostOf(dst) == client && allowed[src]:
 			tunnel++
+		case hostOf(dst) == client && entryUnreachable(l, src, allowed):
+			// An entry whose node is down answers the tunnel's packets
+			// to it: inbound, and about the tunnel's own port.
+			tunnel++
 		default:
 			bad = append(bad, l)
 		}
 	}
 	return bad, tunnel
+}
+
+// icmpUnreachable is how tcpdump -q prints an ICMP port unreachable:
+//
+//	IP 198.51.100.12 > 198.51.100.100: ICMP 198.51.100.12 udp port 51820 unreachable, length 228
+var icmpUnreachable = regexp.MustCompile(`: ICMP (\S+) (?:udp|tcp) port (\d+) unreachable`)
+
+// entryUnreachable reports whether l is an ICMP port unreachable from
+// src about an allowed endpoint of src's own.
+func entryUnreachable(l, src string, allowed map[string]bool) bool {
+	m := icmpUnreachable.FindStringSubmatch(l)
+	return m != nil && m[1] == src && allowed[m[1]+"."+m[2]]
 }
 
 // hostOf strips the port tcpdump appends to an address with a dot; an
@@ -637,13 +747,13 @@ func pingGap(replies []time.Time, sw modeSwitch) time.Duration {
 	return gap
 }
 
-// TestReconnectAfterLinkLoss cuts the client's link while connected, as
+// TestLeakReconnectAfterLinkLoss cuts the client's link while connected, as
 // a cable pulled or a wifi lost would: the daemon notices (the default
 // route's link went down), reports reconnecting and keeps trying while
 // the kill switch blocks; when the link is back (with its routes, as
 // DHCP would restore them) it connects again and traffic flows. The
 // capture sees nothing but tunnel traffic throughout.
-func TestReconnectAfterLinkLoss(t *testing.T) {
+func TestLeakReconnectAfterLinkLoss(t *testing.T) {
 	needRoot(t)
 	st := startDevnet(t)
 	stop := capture(t, st)
@@ -703,9 +813,12 @@ func TestLeaksParser(t *testing.T) {
 		"06:00:00.000006 IP 198.51.100.100.5353 > 198.51.100.80.53: UDP, length 40",
 		"06:00:00.000007 IP 198.51.100.100 > 198.51.100.80: ICMP echo request, id 1, seq 1, length 64",
 		"06:00:00.000008 IP 198.51.100.100.40003 > 198.51.100.11.22: tcp 0",
+		"06:00:00.000009 IP 198.51.100.11 > 198.51.100.100: ICMP 198.51.100.11 udp port 51820 unreachable, length 228",
+		"06:00:00.000010 IP 198.51.100.11 > 198.51.100.100: ICMP 198.51.100.11 udp port 53 unreachable, length 68",
+		"06:00:00.000011 IP 198.51.100.100 > 198.51.100.11: ICMP 198.51.100.100 udp port 40000 unreachable, length 228",
 	}
 	bad, tunnel := leaks(st, lines)
-	if tunnel != 3 || len(bad) != 3 {
+	if tunnel != 4 || len(bad) != 5 {
 		t.Fatalf("tunnel %d, leaks %d: %v", tunnel, len(bad), bad)
 	}
 }

@@ -542,6 +542,27 @@ func (n *restartedNode) log() string {
 // ends; the local network's own stop would only kill it.
 func restartNode(t *testing.T, ns, extraExits string) *restartedNode {
 	t.Helper()
+	pid, args := nodeProcess(t, ns)
+	if extraExits != "" {
+		i := slices.Index(args, "--config")
+		cfg := fileText(t, args[i+1])
+		cfg = strings.Replace(cfg, `"wireguard": {`, `"wireguard": {"extra_exits": [`+extraExits+`],`, 1)
+		if !strings.Contains(cfg, "extra_exits") {
+			t.Fatalf("config %s has no wireguard section", args[i+1])
+		}
+		args[i+1] = filepath.Join(t.TempDir(), filepath.Base(args[i+1]))
+		if err := os.WriteFile(args[i+1], []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	killNode(t, pid)
+	return startNode(t, ns, args)
+}
+
+// nodeProcess finds the one process in namespace ns, a node, and its
+// command line.
+func nodeProcess(t *testing.T, ns string) (int, []string) {
+	t.Helper()
 	pids := strings.Fields(cmdOutput(t, "ip", "netns", "pids", ns))
 	if len(pids) != 1 {
 		t.Fatalf("namespace %s has processes %v; want the node alone", ns, pids)
@@ -556,17 +577,13 @@ func restartNode(t *testing.T, ns, extraExits string) *restartedNode {
 	if len(args) < 4 || args[1] != "run" || i < 0 || i+1 >= len(args) {
 		t.Fatalf("process %d in %s is not a node: %q", pid, ns, args)
 	}
-	if extraExits != "" {
-		cfg := fileText(t, args[i+1])
-		cfg = strings.Replace(cfg, `"wireguard": {`, `"wireguard": {"extra_exits": [`+extraExits+`],`, 1)
-		if !strings.Contains(cfg, "extra_exits") {
-			t.Fatalf("config %s has no wireguard section", args[i+1])
-		}
-		args[i+1] = filepath.Join(t.TempDir(), filepath.Base(args[i+1]))
-		if err := os.WriteFile(args[i+1], []byte(cfg), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	return pid, args
+}
+
+// killNode kills a node with SIGKILL, as a crash would, and waits until
+// it is gone.
+func killNode(t *testing.T, pid int) {
+	t.Helper()
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -577,6 +594,13 @@ func restartNode(t *testing.T, ns, extraExits string) *restartedNode {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// startNode starts a node in namespace ns with the command line args (a
+// killed node's, from nodeProcess) and waits until it runs. The test stops
+// it when it ends.
+func startNode(t *testing.T, ns string, args []string) *restartedNode {
+	t.Helper()
 	n := &restartedNode{logPath: filepath.Join(t.TempDir(), "node.log")}
 	logf, err := os.Create(n.logPath)
 	if err != nil {
@@ -595,7 +619,7 @@ func restartNode(t *testing.T, ns, extraExits string) *restartedNode {
 		}
 	})
 	// Up when its WireGuard device is back.
-	deadline = time.Now().Add(15 * time.Second)
+	deadline := time.Now().Add(15 * time.Second)
 	for !strings.Contains(n.log(), "node running") {
 		if time.Now().After(deadline) {
 			t.Fatalf("the restarted node did not come up within 15 s:\n%s", n.log())
