@@ -24,16 +24,20 @@ type Uplink interface {
 
 // Defaults for Config.
 const (
-	// DefaultRate is λ_P, real-or-drop-cover packets per second: about
-	// 4 Mbit/s of payload, enough for browsing, at a fixed 3.9 Mbit/s of
-	// link traffic whether or not the user is active.
+	// DefaultRate is λ_P, real-or-drop-cover packets per second: a fixed
+	// 3.9 Mbit/s of link traffic up whether or not the user is active,
+	// whose slots carry up to five SURBs each, room for about 15 Mbit/s of
+	// replies down.
 	DefaultRate = 200
 	// DefaultLoopRate is λ_L: loops measure the path and make active
 	// attacks on the client's traffic visible; 10/s costs 5% of the rate.
 	DefaultLoopRate = 10
-	// DownRatePerRate sizes DownRate's default from λ_P: four reply
-	// frames per send slot, of the five SURBs a slot can carry.
-	DownRatePerRate = 4
+	// DownRatePerRate sizes DownRate's default from λ_P: five reply
+	// frames per send slot, as many as the SURBs a slot can carry. Four
+	// left the entry's paced queue nearly full in a download, and loops
+	// crossing it took twice as long at the 90th percentile (270 against
+	// 120 ms, docs/PERFORMANCE.md).
+	DownRatePerRate = 5
 	// DefaultMeanDelay is the mean per-mix delay: six delays on a round
 	// trip give about 90 ms of mixing, still usable for interactive TCP.
 	DefaultMeanDelay = 15 * time.Millisecond

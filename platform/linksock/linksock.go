@@ -38,7 +38,7 @@ import (
 const (
 	// DefaultPoll is how often the connection is read. A frame waits at
 	// most this long in the kernel, nothing beside a mix's delays; and at
-	// the default paced rate (810 frames/s) a tick finds one or two
+	// the default paced rate (1010 frames/s) a tick finds one or two
 	// frames, so reading on the clock wakes the process less often than
 	// reading on every arrival would (measured: a little less CPU; at
 	// 1 ms, a third more).
