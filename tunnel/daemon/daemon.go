@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net/http"
 	"net/netip"
 	"sync"
@@ -136,6 +137,14 @@ type Daemon struct {
 	doc       *directory.Document // last fetched, for the kill switch's endpoints
 	dnsOn     bool
 
+	// genCtx is gen's context, ended with it: a probe of the entry made
+	// for gen's tunnel says nothing about the next.
+	genCtx context.Context
+	// failed is the gateways to pass over when choosing: a choice of
+	// any gateway, or of a country, leaves room to stay away from one
+	// that just failed.
+	failed failures
+
 	// retry is whether gen's attempt retries its failures, so that one
 	// started over for new settings keeps doing so.
 	retry bool
@@ -180,7 +189,7 @@ func New(cfg Config) (*Daemon, error) {
 		tg.Mode = s.Mode
 	}
 	d := &Daemon{cfg: cfg, rc: cfg.Reconnect.withDefaults(), log: log, ifname: name, settings: s, target: tg,
-		subs: map[chan control.Event]struct{}{}, clock: newSystemClock(), ready: make(chan struct{}),
+		subs: map[chan control.Event]struct{}{}, failed: failures{}, clock: newSystemClock(), ready: make(chan struct{}),
 		dirEP: dirEP, mark: router.FwMark}
 	d.dial, d.web = d.markedDial, d.newHTTPClient()
 	d.dir = &directory.Fetcher{URL: cfg.DirectoryURL, Key: cfg.DirectoryKey, Client: d.web}
@@ -390,7 +399,7 @@ func (d *Daemon) supersedeLocked() (uint64, context.Context) {
 		d.cancelGen()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	d.cancelGen = cancel
+	d.cancelGen, d.genCtx = cancel, ctx
 	return d.gen, ctx
 }
 
@@ -440,6 +449,7 @@ func (d *Daemon) bringUp(ctx context.Context, gen uint64, tg target) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	genCtx := ctx
 	ctx, cancel := context.WithTimeout(ctx, connectTimeout)
 	defer cancel()
 	s := d.Settings()
@@ -447,19 +457,36 @@ func (d *Daemon) bringUp(ctx context.Context, gen uint64, tg target) error {
 	if err != nil {
 		return fmt.Errorf("cannot reach the directory: %w", err)
 	}
+	// The gateways are chosen here rather than left to the tunnel's own
+	// random pick, so that the attempt stays away from those that just
+	// failed and, if it fails too, the daemon knows which to blame.
+	_, now := d.clock.now()
 	d.mu.Lock()
 	d.doc = doc
+	tg.Entry = d.failed.choose(doc, directory.RoleEntry, tg.Entry, now, mrand.IntN)
+	tg.Exit = d.failed.choose(doc, directory.RoleExit, tg.Exit, now, mrand.IntN)
 	d.mu.Unlock()
 	if err := d.syncFirewall(true); err != nil {
 		return err
 	}
+	// gatewaysFailed blames the chosen gateways for err, unless the
+	// attempt was called off: that says nothing about them.
+	gatewaysFailed := func(err error) error {
+		if genCtx.Err() == nil {
+			_, now := d.clock.now()
+			d.mu.Lock()
+			d.failed.add(now, tg.Entry, tg.Exit)
+			d.mu.Unlock()
+		}
+		return err
+	}
 	t, err := d.open(ctx, tg, doc, s)
 	if err != nil {
-		return err
+		return gatewaysFailed(err)
 	}
 	if err := t.Up(ctx); err != nil {
 		t.Close()
-		return err
+		return gatewaysFailed(err)
 	}
 	addrs, entryID, exitID := t.Info()
 	servers, err := resolvers(s, doc, exitID)
@@ -477,6 +504,7 @@ func (d *Daemon) bringUp(ctx context.Context, gen uint64, tg target) error {
 	old := d.cur
 	d.cur = t
 	d.live = liveness{sent: sent, heard: heard}
+	d.failed.forget(entryID, exitID)
 	d.mu.Unlock()
 	if old != nil {
 		old.Close()

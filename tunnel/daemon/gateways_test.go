@@ -201,7 +201,7 @@ func TestGatewaysUnderLockdown(t *testing.T) {
 // degraded, not up.
 func TestGatewaysInUseFollowLoopHealth(t *testing.T) {
 	open := func(ctx context.Context, tg target, doc *directory.Document, s control.Settings) (modeTunnel, error) {
-		return degradedTunnel{&fakeTunnel{tg: tg}}, nil
+		return degradedTunnel{&fakeTunnel{tg: tg, entry: "entry1", exit: "exit1"}}, nil
 	}
 	d, _, _ := newGatewayRig(t, `{"kill_switch": false, "dns_servers": ["192.0.2.53"]}`, open)
 	events, stop := d.Subscribe()

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -29,7 +30,10 @@ import (
 
 // fakeTunnel is a tunnel whose progress counters the test sets.
 type fakeTunnel struct {
-	tg          target
+	tg target
+	// entry and exit are the gateways it reports: tg's, or entry1 and
+	// exit1 for a choice the daemon left to the tunnel.
+	entry, exit string
 	sent, heard atomic.Uint64
 	closed      atomic.Bool
 	// carried: the daemon let it carry packets, which it must do only
@@ -41,25 +45,28 @@ func (f *fakeTunnel) Up(context.Context) error { return nil }
 func (f *fakeTunnel) Carry()                   { f.carried.Store(true) }
 func (f *fakeTunnel) Close() error             { f.closed.Store(true); return nil }
 func (f *fakeTunnel) Info() ([]netip.Prefix, string, string) {
-	return []netip.Prefix{netip.MustParsePrefix("10.64.0.2/32"), netip.MustParsePrefix("fd64::2/128")}, "entry1", "exit1"
+	return []netip.Prefix{netip.MustParsePrefix("10.64.0.2/32"), netip.MustParsePrefix("fd64::2/128")}, f.entry, f.exit
 }
 func (f *fakeTunnel) Stats() control.Stats {
 	return control.Stats{Mode: f.tg.Mode, BytesOut: f.sent.Load(), BytesIn: f.heard.Load()}
 }
 func (f *fakeTunnel) Progress() (uint64, uint64) { return f.sent.Load(), f.heard.Load() }
 
-// fakeNet opens fakeTunnels, failing the next fail attempts. The next
-// hold attempts wait until they are cancelled, saying on held that they
-// are waiting.
+// fakeNet opens fakeTunnels, failing the next fail attempts and every
+// attempt through a gateway that is down. The next hold attempts wait
+// until they are cancelled, saying on held that they are waiting. It
+// records the target of every attempt.
 type fakeNet struct {
-	mu      sync.Mutex
-	fail    int
-	hold    int
-	held    chan struct{}
-	tunnels []*fakeTunnel
+	mu       sync.Mutex
+	fail     int
+	hold     int
+	held     chan struct{}
+	down     map[string]bool
+	tunnels  []*fakeTunnel
+	attempts []target
 }
 
-func (n *fakeNet) open(ctx context.Context, tg target, _ *directory.Document, _ control.Settings) (modeTunnel, error) {
+func (n *fakeNet) open(ctx context.Context, tg target, doc *directory.Document, _ control.Settings) (modeTunnel, error) {
 	n.mu.Lock()
 	if n.hold > 0 {
 		n.hold--
@@ -70,13 +77,43 @@ func (n *fakeNet) open(ctx context.Context, tg target, _ *directory.Document, _ 
 		return nil, ctx.Err()
 	}
 	defer n.mu.Unlock()
+	n.attempts = append(n.attempts, tg)
 	if n.fail > 0 {
 		n.fail--
 		return nil, errors.New("entry1 did not answer")
 	}
-	t := &fakeTunnel{tg: tg}
+	if n.down[tg.Entry] || n.down[tg.Exit] {
+		return nil, errors.New("gateway down")
+	}
+	// Like the real tunnels, a choice the daemon passes on unresolved
+	// is the tunnel's to make.
+	id := func(want, def string) string {
+		if doc.ByID(want) != nil {
+			return want
+		}
+		return def
+	}
+	t := &fakeTunnel{tg: tg, entry: id(tg.Entry, "entry1"), exit: id(tg.Exit, "exit1")}
 	n.tunnels = append(n.tunnels, t)
 	return t, nil
+}
+
+// setDown takes gateway id down (attempts through it fail) or brings it
+// back.
+func (n *fakeNet) setDown(id string, down bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.down == nil {
+		n.down = map[string]bool{}
+	}
+	n.down[id] = down
+}
+
+// tried is the targets of the attempts made so far.
+func (n *fakeNet) tried() []target {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return append([]target(nil), n.attempts...)
 }
 
 // setHold makes the next k attempts wait until cancelled; each sends on
@@ -121,6 +158,42 @@ func (c *fakeClock) advance(wall, mono time.Duration) (time.Time, time.Duration)
 	return c.wall, c.mono
 }
 
+// fakeProbes stands in for the marked dialer: entries take connections
+// unless refused; it records every dial.
+type fakeProbes struct {
+	mu      sync.Mutex
+	refused map[string]bool
+	dialed  []string
+}
+
+func (p *fakeProbes) dial(_ context.Context, network, addr string) (net.Conn, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.dialed = append(p.dialed, addr)
+	if p.refused[addr] {
+		return nil, &net.OpError{Op: "dial", Net: network, Err: errors.New("connect: connection refused")}
+	}
+	a, b := net.Pipe()
+	b.Close()
+	return a, nil
+}
+
+// refuse makes dials to addr fail, as to an entry that is gone.
+func (p *fakeProbes) refuse(addr string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.refused == nil {
+		p.refused = map[string]bool{}
+	}
+	p.refused[addr] = true
+}
+
+func (p *fakeProbes) dials() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.dialed...)
+}
+
 type rig struct {
 	d      *Daemon
 	rt     *router.Fake
@@ -128,6 +201,7 @@ type rig struct {
 	dc     *dns.Fake
 	mon    *router.FakeMonitor
 	net    *fakeNet
+	probes *fakeProbes
 	clk    *fakeClock
 	events <-chan control.Event
 	dir    string
@@ -140,9 +214,15 @@ var testDoc = &directory.Document{Nodes: []directory.Descriptor{
 	{ID: "exit1", Role: directory.RoleExit, Address: "192.0.2.51:1789", DNS: []netip.Addr{netip.MustParseAddr("192.0.2.80")}},
 }}
 
-// newRig runs a daemon with its files in dir (a fresh one if empty) and
-// settings preset there, stopping it when the test ends.
+// newRig runs a daemon on testDoc with its files in dir (a fresh one if
+// empty) and settings preset there, stopping it when the test ends.
 func newRig(t *testing.T, dir, settings string, opts ...func(*Config)) *rig {
+	t.Helper()
+	return newRigOn(t, testDoc, dir, settings, opts...)
+}
+
+// newRigOn is newRig on doc.
+func newRigOn(t *testing.T, doc *directory.Document, dir, settings string, opts ...func(*Config)) *rig {
 	t.Helper()
 	if dir == "" {
 		dir = t.TempDir()
@@ -152,7 +232,7 @@ func newRig(t *testing.T, dir, settings string, opts ...func(*Config)) *rig {
 			t.Fatal(err)
 		}
 	}
-	r := &rig{rt: &router.Fake{}, fw: &firewall.Fake{}, dc: &dns.Fake{}, mon: &router.FakeMonitor{}, net: &fakeNet{},
+	r := &rig{rt: &router.Fake{}, fw: &firewall.Fake{}, dc: &dns.Fake{}, mon: &router.FakeMonitor{}, net: &fakeNet{}, probes: &fakeProbes{},
 		clk: &fakeClock{wall: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}, dir: dir}
 	cfg := Config{
 		Device: tuntest.NewChannelTUN().TUN(), DirectoryURL: "http://192.0.2.2:8080", DirectoryKey: make([]byte, 32),
@@ -168,8 +248,9 @@ func newRig(t *testing.T, dir, settings string, opts ...func(*Config)) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.dir = directory.Static{Doc: testDoc}
+	d.dir = directory.Static{Doc: doc}
 	d.open = r.net.open
+	d.dial = r.probes.dial
 	d.clock = r.clk
 	r.d = d
 	var stop func()
@@ -327,10 +408,16 @@ func TestReconnectWhenTheTunnelIsDead(t *testing.T) {
 	if judged() {
 		t.Fatal("a live tunnel was judged dead")
 	}
-	// Sending into silence for DeadAfter is dead.
+	if n := len(r.probes.dials()); n != 0 {
+		t.Fatalf("the entry of a tunnel that was idle or answered was probed %d times", n)
+	}
+	// Sending into silence for DeadAfter is dead, though the entry
+	// still takes connections when asked after ProbeAfter: the exit, or
+	// the entry's WireGuard, may be what died.
 	tun.sent.Add(1000)
 	r.d.check(r.clk.advance(time.Second, time.Second))
 	r.d.check(r.clk.advance(19*time.Second, 19*time.Second))
+	r.probed(t, 1)
 	if judged() {
 		t.Fatal("judged dead before DeadAfter")
 	}
@@ -343,6 +430,224 @@ func TestReconnectWhenTheTunnelIsDead(t *testing.T) {
 		t.Fatal("the dead tunnel was not replaced")
 	}
 	r.killSwitchStayedOn(t, removes)
+	if n := len(r.probes.dials()); n != 1 {
+		t.Fatalf("the entry was probed %d times in one silence", n)
+	}
+}
+
+// probed waits until the entries were probed n times.
+func (r *rig) probed(t *testing.T, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for len(r.probes.dials()) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("probed %d times, want %d", len(r.probes.dials()), n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// multiDoc has two entries in Germany, one in Switzerland and two exits.
+var multiDoc = &directory.Document{Nodes: []directory.Descriptor{
+	{ID: "entry1", Role: directory.RoleEntry, Country: "DE", Address: "192.0.2.11:1789"},
+	{ID: "entry2", Role: directory.RoleEntry, Country: "DE", Address: "192.0.2.12:1789"},
+	{ID: "entry3", Role: directory.RoleEntry, Country: "CH", Address: "192.0.2.13:1789"},
+	{ID: "exit1", Role: directory.RoleExit, Country: "DE", Address: "192.0.2.51:1789"},
+	{ID: "exit2", Role: directory.RoleExit, Country: "CH", Address: "192.0.2.52:1789"},
+}}
+
+// killEntry makes the entry id gone: attempts through it fail and its
+// link port refuses connections.
+func (r *rig) killEntry(id string) {
+	r.net.setDown(id, true)
+	r.probes.refuse(multiDoc.ByID(id).Address)
+}
+
+// silence has tun send without hearing back, with a check every 2 s
+// (CheckInterval's default), for checks checks.
+func (r *rig) silence(tun *fakeTunnel, checks int) {
+	for range checks {
+		tun.sent.Add(100)
+		r.d.check(r.clk.advance(2*time.Second, 2*time.Second))
+	}
+}
+
+// connectVia connects in fast mode through the user's choice of entry
+// and returns the tunnel and the entry it went through.
+func (r *rig) connectVia(t *testing.T, entry string) (*fakeTunnel, string) {
+	t.Helper()
+	if err := r.d.Connect(t.Context(), control.ModeFast, entry, ""); err != nil {
+		t.Fatal(err)
+	}
+	st := r.untilState(t, control.StateConnected)
+	ts := r.net.opened()
+	return ts[len(ts)-1], st.Entry
+}
+
+// after is the attempts made since the first n.
+func (r *rig) after(n int) []target { return r.net.tried()[n:] }
+
+// An entry that is gone (its link port refuses) is noticed by probing it
+// after ProbeAfter, long before DeadAfter, and the tunnel reconnects
+// through another: with no entry pinned, never back through the dead one.
+func TestDeadEntryNoticedByProbe(t *testing.T) {
+	r := newRigOn(t, multiDoc, "", `{"kill_switch": true, "dns_servers": ["192.0.2.53"]}`)
+	r.watching(t)
+	tun, dead := r.connectVia(t, "")
+	removes := r.fw.Removes()
+	r.killEntry(dead)
+	r.d.check(r.clk.advance(2*time.Second, 2*time.Second))
+	r.silence(tun, 2) // the silence starts, and lasts 2 s
+	if n := len(r.probes.dials()); n != 0 {
+		t.Fatalf("probed after 2 s of silence: %d", n)
+	}
+	r.silence(tun, 1) // 4 s: ProbeAfter
+	st := r.until(t, "reconnecting after the probe", func(s control.Status) bool { return s.State == control.StateReconnecting })
+	if want := "no answer for 4s and its entry " + dead + " is unreachable"; !strings.Contains(st.Error, want) || !strings.Contains(st.Error, "refused") {
+		t.Fatalf("reconnecting because %q, want %q", st.Error, want)
+	}
+	st = r.untilState(t, control.StateConnected)
+	if st.Entry == dead {
+		t.Fatalf("reconnected through %s, which is dead", dead)
+	}
+	for _, a := range r.after(1) {
+		if a.Entry == dead {
+			t.Fatalf("an attempt went through %s, which is dead: %+v", dead, r.net.tried())
+		}
+	}
+	if !tun.closed.Load() {
+		t.Fatal("the dead tunnel was not closed")
+	}
+	r.killSwitchStayedOn(t, removes)
+}
+
+// A tunnel that sends nothing, or is answered, is never probed however
+// long it goes, even through an entry that would refuse.
+func TestIdleTunnelIsNotProbed(t *testing.T) {
+	r := newRigOn(t, multiDoc, "", `{"kill_switch": true, "dns_servers": ["192.0.2.53"]}`)
+	r.watching(t)
+	tun, entry := r.connectVia(t, "")
+	r.probes.refuse(multiDoc.ByID(entry).Address)
+	step := func() { r.d.check(r.clk.advance(2*time.Second, 2*time.Second)) }
+	for range 1000 { // idle for over half an hour
+		step()
+	}
+	for range 100 { // answered traffic
+		tun.sent.Add(100)
+		tun.heard.Add(100)
+		step()
+	}
+	for range 100 { // answered within a check, with quiet checks between
+		tun.sent.Add(100)
+		step()
+		tun.heard.Add(100)
+		step()
+		step()
+	}
+	// Sending into silence is probed: the one probe there is.
+	r.silence(tun, 3)
+	r.untilState(t, control.StateReconnecting)
+	r.untilState(t, control.StateConnected)
+	if d := r.probes.dials(); len(d) != 1 {
+		t.Fatalf("probes %v, want only the one of the silence", d)
+	}
+	if n := len(r.net.opened()); n != 2 {
+		t.Fatalf("%d tunnels opened, want 2", n)
+	}
+}
+
+// An entry the user pinned by ID stays the entry, dead or not: attempts
+// keep going to it until it is back.
+func TestReconnectKeepsEntryPinnedByID(t *testing.T) {
+	r := newRigOn(t, multiDoc, "", `{"kill_switch": true, "dns_servers": ["192.0.2.53"]}`)
+	r.watching(t)
+	tun, entry := r.connectVia(t, "entry2")
+	if entry != "entry2" {
+		t.Fatalf("connected through %s, not the pinned entry2", entry)
+	}
+	r.killEntry("entry2")
+	r.d.check(r.clk.advance(2*time.Second, 2*time.Second))
+	r.silence(tun, 3)
+	r.untilState(t, control.StateReconnecting)
+	deadline := time.Now().Add(10 * time.Second)
+	for len(r.after(1)) < 4 {
+		if time.Now().After(deadline) {
+			t.Fatalf("attempts %+v", r.net.tried())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	r.net.setDown("entry2", false)
+	st := r.until(t, "connected again", func(s control.Status) bool { return s.State == control.StateConnected })
+	if st.Entry != "entry2" {
+		t.Fatalf("reconnected through %s, not the pinned entry2", st.Entry)
+	}
+	for _, a := range r.after(1) {
+		if a.Entry != "entry2" {
+			t.Fatalf("an attempt went through %s, not the pinned entry2: %+v", a.Entry, r.net.tried())
+		}
+	}
+}
+
+// With an entry pinned by country, a dead one gives way to another in
+// that country, never to one elsewhere; with all of them dead, attempts
+// stay in the country.
+func TestReconnectStaysInPinnedCountry(t *testing.T) {
+	r := newRigOn(t, multiDoc, "", `{"kill_switch": true, "dns_servers": ["192.0.2.53"]}`)
+	r.watching(t)
+	tun, dead := r.connectVia(t, "de")
+	other := map[string]string{"entry1": "entry2", "entry2": "entry1"}[dead]
+	if other == "" {
+		t.Fatalf("connected through %s, not in DE", dead)
+	}
+	r.killEntry(dead)
+	r.d.check(r.clk.advance(2*time.Second, 2*time.Second))
+	r.silence(tun, 3)
+	r.untilState(t, control.StateReconnecting)
+	if st := r.untilState(t, control.StateConnected); st.Entry != other {
+		t.Fatalf("reconnected through %s, want %s", st.Entry, other)
+	}
+	for _, a := range r.after(1) {
+		if a.Entry != other {
+			t.Fatalf("an attempt went through %s, want %s: %+v", a.Entry, other, r.net.tried())
+		}
+	}
+
+	// Both German entries dead: the attempts go round them, not abroad.
+	before := len(r.net.tried())
+	tun = r.net.opened()[len(r.net.opened())-1]
+	r.killEntry(other)
+	r.silence(tun, 3)
+	r.untilState(t, control.StateReconnecting)
+	deadline := time.Now().Add(10 * time.Second)
+	for len(r.after(before)) < 4 {
+		if time.Now().After(deadline) {
+			t.Fatalf("attempts %+v", r.net.tried())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	for _, a := range r.after(before) {
+		if a.Entry != "entry1" && a.Entry != "entry2" {
+			t.Fatalf("an attempt went through %s, outside DE: %+v", a.Entry, r.net.tried())
+		}
+	}
+}
+
+// An attempt that fails puts its gateways among those to avoid: the next
+// attempt goes through others.
+func TestReconnectAvoidsGatewaysThatFailed(t *testing.T) {
+	r := newRigOn(t, multiDoc, "", `{"kill_switch": true, "dns_servers": ["192.0.2.53"]}`)
+	r.watching(t)
+	r.connectVia(t, "")
+	r.net.setFail(1)
+	r.mon.Change("eth0 went down")
+	r.untilState(t, control.StateConnected)
+	tried := r.net.tried()
+	if len(tried) != 3 {
+		t.Fatalf("attempts %+v, want 3", tried)
+	}
+	if failed, next := tried[1], tried[2]; next.Entry == failed.Entry || next.Exit == failed.Exit {
+		t.Fatalf("after an attempt through %s and %s failed, the next went through %s and %s", failed.Entry, failed.Exit, next.Entry, next.Exit)
+	}
 }
 
 func TestReconnectAfterSleep(t *testing.T) {
@@ -389,9 +694,15 @@ func TestComesBackAfterCrash(t *testing.T) {
 	// the first never got to stop.
 	b := newRig(t, dir, "")
 	b.untilState(t, control.StateConnected)
+	// The choice of any exit comes to the tunnel as the daemon's pick,
+	// testDoc's only exit; the country, which testDoc cannot meet, as it
+	// was.
 	ts := b.net.opened()
-	if len(ts) != 1 || ts[0].tg != (target{Connected: true, Mode: control.ModeAnonymous, Entry: "DE"}) {
+	if len(ts) != 1 || ts[0].tg != (target{Connected: true, Mode: control.ModeAnonymous, Entry: "DE", Exit: "exit1"}) {
 		t.Fatalf("restored %+v", ts)
+	}
+	if tg, err := loadTarget(filepath.Join(dir, "state.json")); err != nil || tg != (target{Connected: true, Mode: control.ModeAnonymous, Entry: "DE"}) {
+		t.Fatalf("remembered %+v %v", tg, err)
 	}
 	if _, on := b.fw.Active(); !on {
 		t.Fatal("no kill switch while coming back")
@@ -516,23 +827,53 @@ func TestSetMode(t *testing.T) {
 
 func TestLiveness(t *testing.T) {
 	var l liveness
-	const dead = 20 * time.Second
+	rc := ReconnectConfig{ProbeAfter: 4 * time.Second, DeadAfter: 20 * time.Second}
+	const h = time.Hour
 	steps := []struct {
 		at          time.Duration
 		sent, heard uint64
-		dead        bool
+		want        verdict
 	}{
-		{0, 0, 0, false},
-		{time.Hour, 0, 0, false},                // idle
-		{time.Hour + time.Second, 10, 0, false}, // sending: the clock starts
-		{time.Hour + 20*time.Second, 20, 0, false},
-		{time.Hour + 21*time.Second, 30, 0, true},
-		{time.Hour + 22*time.Second, 30, 5, false}, // an answer: alive again
-		{2 * time.Hour, 30, 5, false},
+		{0, 0, 0, fine},
+		{h, 0, 0, fine},                // idle
+		{h + time.Second, 10, 0, fine}, // sending: the clock starts
+		{h + 3*time.Second, 20, 0, fine},
+		{h + 5*time.Second, 30, 0, askEntry},
+		{h + 7*time.Second, 40, 0, fine}, // asked already
+		{h + 20*time.Second, 40, 0, fine},
+		{h + 21*time.Second, 50, 0, dead},
+		{h + 22*time.Second, 50, 5, fine}, // an answer: alive again
+		{h + 23*time.Second, 60, 5, fine}, // a new silence
+		{h + 27*time.Second, 60, 5, askEntry},
+		{h + 28*time.Second, 60, 6, fine},
+		{2 * h, 60, 6, fine}, // idle
 	}
 	for i, s := range steps {
-		if _, got := l.observe(s.at, s.sent, s.heard, dead); got != s.dead {
-			t.Fatalf("step %d: dead %v, want %v", i, got, s.dead)
+		if _, got := l.observe(s.at, s.sent, s.heard, rc); got != s.want {
+			t.Fatalf("step %d: verdict %v, want %v", i, got, s.want)
 		}
+	}
+}
+
+// A probe's failure counts only while the silence it was made in goes
+// on.
+func TestLivenessStillSilent(t *testing.T) {
+	var l liveness
+	rc := ReconnectConfig{ProbeAfter: 4 * time.Second, DeadAfter: 20 * time.Second}
+	l.observe(0, 10, 0, rc)
+	if _, v := l.observe(4*time.Second, 20, 0, rc); v != askEntry {
+		t.Fatalf("verdict %v after 4 s of silence", v)
+	}
+	n := l.silence
+	if !l.stillSilent(n, 0) {
+		t.Fatal("not silent with nothing heard")
+	}
+	if l.stillSilent(n, 1) {
+		t.Fatal("silent with an answer since the check")
+	}
+	l.observe(5*time.Second, 20, 1, rc)
+	l.observe(6*time.Second, 30, 1, rc)
+	if l.stillSilent(n, 1) {
+		t.Fatal("an earlier silence taken for this one")
 	}
 }

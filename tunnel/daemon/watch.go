@@ -19,6 +19,18 @@ type ReconnectConfig struct {
 	// back before it counts as dead; default 20 s, past WireGuard's own
 	// 15 s retry and many of the mixnet's 3 s loop timeouts.
 	DeadAfter time.Duration
+	// ProbeAfter is how long a tunnel may send without hearing anything
+	// back before the daemon asks its entry, with a TCP connection to
+	// the entry's link port, whether it is still there; default 3 s,
+	// which the checks, 2 s apart, see at the second check into a
+	// silence (a silence of a hair under 4 s, as the ticks' jitter
+	// measures it). Silence this short is common on a healthy tunnel (a
+	// WireGuard handshake is retried after 5 s, and a peer with nothing
+	// to say answers data only with a keepalive after 10 s), so it
+	// proves nothing by itself; but an entry that refuses the connection
+	// or does not answer it is gone, and waiting out DeadAfter would
+	// only keep the user offline longer.
+	ProbeAfter time.Duration
 	// SleepJump is how far the wall clock may run ahead of the monotonic
 	// clock between two checks before the daemon takes it that the
 	// machine slept (the monotonic clock stands still in suspend) and
@@ -42,6 +54,7 @@ func (c ReconnectConfig) withDefaults() ReconnectConfig {
 	}
 	def(&c.CheckInterval, 2*time.Second)
 	def(&c.DeadAfter, 20*time.Second)
+	def(&c.ProbeAfter, 3*time.Second)
 	def(&c.SleepJump, 15*time.Second)
 	def(&c.Settle, time.Second)
 	def(&c.RetryMin, time.Second)
@@ -85,30 +98,65 @@ func (c systemClock) now() (time.Time, time.Duration) {
 	return n.Round(0), n.Sub(c.start) // Round(0) drops the monotonic reading
 }
 
+// verdict is what liveness makes of a tunnel's counters.
+type verdict int
+
+const (
+	// fine: answered, idle, or not unanswered for long.
+	fine verdict = iota
+	// askEntry: unanswered for ProbeAfter, for the first time in this
+	// silence: whether the entry still takes connections decides.
+	askEntry
+	// dead: unanswered for DeadAfter, whatever the entry says.
+	dead
+)
+
 // liveness tells a dead tunnel from an idle one: dead is sending for
-// DeadAfter without hearing anything back. A tunnel that sends nothing is
-// never judged; the first packet it sends starts the clock.
+// DeadAfter without hearing anything back, or sending for ProbeAfter
+// through an entry found gone. A tunnel that sends nothing is never
+// judged; the first packet it sends starts the clock.
 type liveness struct {
 	sent, heard uint64
 	waiting     bool
 	since       time.Duration
+	// silence numbers the silences, so that a probe's answer counts
+	// only for the one it was made in; probed is whether this one's
+	// probe was asked for. One probe a silence: an entry that answered
+	// leaves the tunnel to DeadAfter.
+	silence uint64
+	probed  bool
 }
 
 // observe takes the counters at monotonic time now and reports how long
-// the tunnel has gone unanswered and whether that makes it dead.
-func (l *liveness) observe(now time.Duration, sent, heard uint64, deadAfter time.Duration) (time.Duration, bool) {
+// the tunnel has gone unanswered and what to make of it.
+func (l *liveness) observe(now time.Duration, sent, heard uint64, rc ReconnectConfig) (time.Duration, verdict) {
 	switch {
 	case heard != l.heard:
 		l.waiting = false
 	case sent != l.sent && !l.waiting:
-		l.waiting, l.since = true, now
+		l.waiting, l.since, l.probed = true, now, false
+		l.silence++
 	}
 	l.sent, l.heard = sent, heard
 	if !l.waiting {
-		return 0, false
+		return 0, fine
 	}
 	silent := now - l.since
-	return silent, silent >= deadAfter
+	switch {
+	case silent >= rc.DeadAfter:
+		return silent, dead
+	case silent >= rc.ProbeAfter && !l.probed:
+		l.probed = true
+		return silent, askEntry
+	}
+	return silent, fine
+}
+
+// stillSilent reports whether silence n goes on, heard being the
+// tunnel's answers counted now: an answer since the last check means the
+// tunnel is alive, whatever a probe made meanwhile found.
+func (l *liveness) stillSilent(n, heard uint64) bool {
+	return l.waiting && l.silence == n && heard == l.heard
 }
 
 // watch runs until ctx ends: it follows the network monitor, the
@@ -230,8 +278,16 @@ func (d *Daemon) networkChanged(reason string) {
 	}
 }
 
+// entryProbeTimeout bounds the probe of a silent tunnel's entry: an entry
+// that has not taken a TCP connection by then, while the tunnel through
+// it hears nothing either, is not carrying the tunnel. Long enough for a
+// lost SYN to be sent again.
+const entryProbeTimeout = 3 * time.Second
+
 // checkAlive reconnects a connected tunnel that has gone unanswered for
-// DeadAfter.
+// DeadAfter, and has its entry probed once it has been for ProbeAfter.
+// A tunnel found dead puts its gateways among those to avoid, so that,
+// unless the user pinned them, the next attempt goes elsewhere.
 func (d *Daemon) checkAlive(now time.Duration) {
 	d.mu.Lock()
 	cur, gen := d.cur, d.gen
@@ -246,10 +302,62 @@ func (d *Daemon) checkAlive(now time.Duration) {
 	if d.gen != gen || d.cur != cur || d.status.State != control.StateConnected {
 		return
 	}
-	silent, dead := d.live.observe(now, sent, heard, d.rc.DeadAfter)
-	if dead {
+	silent, v := d.live.observe(now, sent, heard, d.rc)
+	entry, exit := d.status.Entry, d.status.Exit
+	switch v {
+	case dead:
+		// The entry may still take connections (or was not probed):
+		// either hop may be what died.
+		d.failed.add(now, entry, exit)
 		reason := fmt.Sprintf("the tunnel got no answer for %v", silent.Round(time.Second))
 		d.log.Warn("reconnecting", "reason", reason)
 		d.startLocked(d.target, d.target, control.StateReconnecting, reason, true)
+	case askEntry:
+		var addr string
+		if d.doc != nil {
+			if n := d.doc.ByID(entry); n != nil {
+				addr = n.Address
+			}
+		}
+		if addr == "" {
+			d.log.Debug("tunnel unanswered, its entry not in the directory to probe", "entry", entry, "silent", silent)
+			return
+		}
+		ctx, n := d.genCtx, d.live.silence
+		d.loops.Go(func() { d.probeEntry(ctx, gen, cur, n, entry, addr, silent) })
 	}
+}
+
+// probeEntry connects to the link port addr of the entry of gen's tunnel
+// cur, which had gone unanswered for silent in its silence n, with the
+// daemon's marked dialer (the tunnel holds the default route). An entry
+// that refuses or does not answer is gone: the tunnel reconnects through
+// another if the user's choice allows, rather than wait out DeadAfter. One
+// that answers leaves the tunnel to DeadAfter, since the exit, or traffic
+// that has no answer yet, may be why it is silent. ctx is gen's: the
+// probe ends with it.
+func (d *Daemon) probeEntry(ctx context.Context, gen uint64, cur modeTunnel, n uint64, entry, addr string, silent time.Duration) {
+	pctx, cancel := context.WithTimeout(ctx, entryProbeTimeout)
+	defer cancel()
+	c, err := d.dial(pctx, "tcp", addr)
+	if err == nil {
+		c.Close()
+		d.log.Debug("tunnel unanswered, but its entry takes connections", "entry", entry, "silent", silent)
+		return
+	}
+	if ctx.Err() != nil {
+		return // superseded: the probe says nothing about the tunnel now
+	}
+	_, heard := cur.Progress()
+	_, now := d.clock.now()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.gen != gen || d.cur != cur || d.status.State != control.StateConnected || !d.live.stillSilent(n, heard) {
+		d.log.Debug("entry probe failed, but the tunnel was answered or replaced meanwhile", "entry", entry, "err", err)
+		return
+	}
+	d.failed.add(now, entry)
+	reason := fmt.Sprintf("the tunnel got no answer for %v and its entry %s is unreachable: %v", silent.Round(time.Second), entry, err)
+	d.log.Warn("reconnecting", "reason", reason)
+	d.startLocked(d.target, d.target, control.StateReconnecting, reason, true)
 }
