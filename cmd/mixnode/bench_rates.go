@@ -84,14 +84,8 @@ func runRateTable(ctx context.Context, cd *clientDaemon, sup *supervisor, inet n
 		}
 		fmt.Printf("%s_cpu_client_s_per_mib=%.2f\n%s_cpu_nodes_s_per_mib=%.2f\n%s_loadavg=%s\n",
 			key, perMiB(pct("mixvpnd")), key, perMiB(nodes), key, loadAverage())
-		ping, err := cd.host.Output("ping", "-q", "-c", "20", "-i", "0.2", "-W", "5", inet.String())
-		if err != nil {
-			return fmt.Errorf("ping through the anonymous tunnel: %w: %s", err, ping)
-		}
-		if i := strings.Index(ping, "= "); i >= 0 {
-			if f := strings.Split(ping[i+2:], "/"); len(f) > 1 {
-				fmt.Printf("%s_rtt_ms=%s\n", key, f[1])
-			}
+		if err := printPingRTT(cd, inet, key+"_rtt_ms"); err != nil {
+			return err
 		}
 	}
 	_, err := cd.run(ctx, "disconnect")
