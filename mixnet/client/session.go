@@ -320,6 +320,19 @@ func (s *Session) next(buf []byte, rng *mrand.Rand, now time.Time) ([]byte, erro
 	if !ok {
 		return nil, nil
 	}
+	pkt, err := s.seal(&b, surbs, rng)
+	if err != nil {
+		// compose counted the SURBs as sent; none went.
+		s.mu.Lock()
+		s.surbs.unsent(surbs)
+		s.mu.Unlock()
+		return nil, err
+	}
+	return pkt, nil
+}
+
+// seal adds surbs SURBs to b and wraps the message for the exit.
+func (s *Session) seal(b *session.Builder, surbs int, rng *mrand.Rand) ([]byte, error) {
 	for range surbs {
 		surb, err := s.c.takeSURB(rng)
 		if err != nil {
@@ -539,4 +552,10 @@ func (b *surbBudget) take(fit int) int {
 func (b *surbBudget) sent(n int) {
 	b.sentSince += n
 	b.owed = max(0, b.owed-n)
+}
+
+// unsent takes back n SURBs counted as sent that did not go out.
+func (b *surbBudget) unsent(n int) {
+	b.sentSince = max(0, b.sentSince-n)
+	b.owed = min(b.owed+n, b.target)
 }

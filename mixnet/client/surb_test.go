@@ -163,3 +163,18 @@ func TestComposeDataFirst(t *testing.T) {
 		t.Fatalf("upload: %d SURBs, %d data bytes; want a message of data", surbs, data)
 	}
 }
+
+// SURBs counted for a message that failed to go out are owed again.
+func TestSURBBudgetUnsent(t *testing.T) {
+	b := surbBudget{target: 200}
+	b.status(200)
+	b.replied()
+	b.replied()
+	if got := b.take(5); got != 2 {
+		t.Fatalf("take = %d, want the 2 owed", got)
+	}
+	b.unsent(2)
+	if got := b.take(5); got != 2 {
+		t.Fatalf("after a failed send: take = %d, want the same 2 again", got)
+	}
+}
