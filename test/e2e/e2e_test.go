@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package e2e runs mixvpn end to end on the local network: real binaries,
 // every node in its own network namespace, real traffic. The tests need
 // root and skip with a message without it.
