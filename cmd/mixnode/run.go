@@ -79,20 +79,19 @@ type exitConfig struct {
 }
 
 // dns parses the exit's resolvers and checks them as the directory will.
+// The section is an exit's (validate refuses it with resolvers on any
+// other node), hence RoleExit.
 func (e *exitConfig) dns() ([]netip.Addr, error) {
-	if len(e.DNS) > directory.MaxDNS {
-		return nil, fmt.Errorf("exit.dns has %d addresses: at most %d", len(e.DNS), directory.MaxDNS)
-	}
 	var out []netip.Addr
 	for _, s := range e.DNS {
 		a, err := netip.ParseAddr(s)
 		if err != nil {
 			return nil, fmt.Errorf("exit.dns: %q is not an IP address", s)
 		}
-		if err := directory.CheckResolver(a); err != nil {
-			return nil, fmt.Errorf("exit.dns: %w", err)
-		}
 		out = append(out, a)
+	}
+	if err := directory.CheckResolvers(directory.RoleExit, out); err != nil {
+		return nil, fmt.Errorf("exit.dns: %w", err)
 	}
 	return out, nil
 }

@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -94,7 +95,12 @@ func run(ctx context.Context, o options) error {
 		return errors.New("must run as root (it manages a TUN device, routes and the firewall)")
 	}
 	if o.sysmonSlack > 0 {
-		if err := sysmon.SetSlack(o.sysmonSlack); err != nil {
+		if err := sysmon.SetSlack(o.sysmonSlack); errors.Is(err, fs.ErrPermission) {
+			// Setting another thread's slack needs CAP_SYS_NICE, which
+			// the shipped unit does not grant: a saving of CPU is not
+			// worth a capability the daemon otherwise has no use for.
+			log.Info("sysmon timer slack not set: it needs CAP_SYS_NICE", "err", err)
+		} else if err != nil {
 			log.Warn("sysmon timer slack not set", "err", err)
 		}
 	}

@@ -154,16 +154,8 @@ func (d *Descriptor) validate() error {
 			return bad("Sphinx key for epoch %d: %v", k.Epoch, err)
 		}
 	}
-	if len(d.DNS) > 0 && d.Role != RoleExit {
-		return bad("only an exit advertises DNS resolvers")
-	}
-	if len(d.DNS) > MaxDNS {
-		return bad("%d DNS resolvers, at most %d", len(d.DNS), MaxDNS)
-	}
-	for _, a := range d.DNS {
-		if err := CheckResolver(a); err != nil {
-			return bad("DNS resolver: %v", err)
-		}
+	if err := CheckResolvers(d.Role, d.DNS); err != nil {
+		return bad("%v", err)
 	}
 	if wg := d.WireGuard; wg != nil {
 		if len(wg.PublicKey) != 32 {
@@ -176,11 +168,36 @@ func (d *Descriptor) validate() error {
 	return nil
 }
 
+// CheckResolvers reports why addrs cannot be the DNS resolvers that a
+// node of the given role advertises in its descriptor: only an exit
+// advertises any, at most MaxDNS of them, and each must pass
+// CheckResolver. No resolvers is always fine. The directory checks every
+// descriptor with it, and nodes check their configuration with it at
+// start, so that both apply the same rules: a node whose configuration
+// passes is never refused by the directory at every publication for its
+// resolvers.
+func CheckResolvers(role Role, addrs []netip.Addr) error {
+	if len(addrs) == 0 {
+		return nil
+	}
+	if role != RoleExit {
+		return fmt.Errorf("only an exit advertises DNS resolvers, and this node's role is %q", role)
+	}
+	if len(addrs) > MaxDNS {
+		return fmt.Errorf("%d DNS resolvers, at most %d", len(addrs), MaxDNS)
+	}
+	for _, a := range addrs {
+		if err := CheckResolver(a); err != nil {
+			return fmt.Errorf("DNS resolver: %w", err)
+		}
+	}
+	return nil
+}
+
 // CheckResolver reports why a cannot be a resolver an exit advertises:
 // it refuses what a client could not reach through the tunnel, addresses
 // that stay on the client's own machine or link, and ones that are no
-// single host's. Nodes check their configuration with it before the
-// directory would refuse their descriptor.
+// single host's. CheckResolvers applies it to each of a node's.
 func CheckResolver(a netip.Addr) error {
 	switch {
 	case !a.IsValid():
@@ -377,15 +394,18 @@ func (doc *Document) GatewaysIn(role Role, country string) []*Descriptor {
 	return out
 }
 
-// PickGateway chooses a gateway of role by want: a node ID, an ISO
-// country code (any gateway there), or empty (any gateway). pick chooses
-// among several; nil takes the first.
-func (doc *Document) PickGateway(role Role, want string, pick func(n int) int) (*Descriptor, error) {
+// Candidates are the gateways of role that want admits, as PickGateway
+// reads it: the one node want names by ID, every gateway in the country
+// want names by its ISO code, or every gateway for empty. It fails, saying
+// why, when there is none. Callers that pick by more than chance (the
+// daemon passes over gateways that just failed) start from it, so that
+// they read a choice the same way the tunnels do.
+func (doc *Document) Candidates(role Role, want string) ([]*Descriptor, error) {
 	if d := doc.ByID(want); d != nil && want != "" {
 		if d.Role != role {
 			return nil, fmt.Errorf("directory: %s is a %s, not a %s", want, d.Role, role)
 		}
-		return d, nil
+		return []*Descriptor{d}, nil
 	}
 	country := ""
 	if len(want) == 2 {
@@ -399,6 +419,17 @@ func (doc *Document) PickGateway(role Role, want string, pick func(n int) int) (
 			return nil, fmt.Errorf("directory: no %s gateway in country %s", role, country)
 		}
 		return nil, fmt.Errorf("directory: no %s gateway", role)
+	}
+	return ds, nil
+}
+
+// PickGateway chooses a gateway of role by want: a node ID, an ISO
+// country code (any gateway there), or empty (any gateway). pick chooses
+// among several; nil takes the first.
+func (doc *Document) PickGateway(role Role, want string, pick func(n int) int) (*Descriptor, error) {
+	ds, err := doc.Candidates(role, want)
+	if err != nil {
+		return nil, err
 	}
 	if pick == nil {
 		return ds[0], nil

@@ -163,18 +163,10 @@ func Build(cfg Config) (*Node, func(context.Context) error, error) {
 	if cfg.Advertise == "" {
 		cfg.Advertise = cfg.Listen
 	}
-	if len(cfg.DNS) > 0 && cfg.Role != directory.RoleExit {
-		// The directory would refuse the descriptor at every publication;
-		// better to say so once, at start.
-		return nil, nil, fmt.Errorf("server: only an exit advertises DNS resolvers, not a %s", cfg.Role)
-	}
-	if len(cfg.DNS) > directory.MaxDNS {
-		return nil, nil, fmt.Errorf("server: %d DNS resolvers, at most %d", len(cfg.DNS), directory.MaxDNS)
-	}
-	for _, a := range cfg.DNS {
-		if err := directory.CheckResolver(a); err != nil {
-			return nil, nil, fmt.Errorf("server: DNS resolver: %w", err)
-		}
+	// The directory would refuse the descriptor at every publication;
+	// better to say so once, at start.
+	if err := directory.CheckResolvers(cfg.Role, cfg.DNS); err != nil {
+		return nil, nil, fmt.Errorf("server: %w", err)
 	}
 	if cfg.PublishInterval <= 0 {
 		cfg.PublishInterval = 30 * time.Second

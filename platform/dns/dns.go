@@ -3,7 +3,9 @@
 // network's resolver. On Linux it asks systemd-resolved for that when it
 // runs, and otherwise rewrites /etc/resolv.conf in place, keeping the
 // original in a backup in the daemon's state directory that survives a
-// crash of the daemon: the next start puts it back.
+// crash of the daemon: the next start puts it back. systemd-resolved is
+// the reliable way: under the daemon's sandbox, resolv.conf stays
+// writable only until someone replaces the file (see ErrNeedsRestart).
 package dns
 
 import (
@@ -23,7 +25,10 @@ type Configurator interface {
 	// Restore puts back the configuration found before the first Set,
 	// including one left behind by an earlier run that crashed, unless
 	// someone else has replaced what Set wrote since (then theirs is
-	// newer, and stays). It is safe to call when nothing was set.
+	// newer, and stays). It is safe to call when nothing was set. Where
+	// the original is lost (its backup deleted), what Set wrote gives
+	// way to a resolv.conf that names no server, so that the tunnel's
+	// resolvers never outlive it.
 	Restore() error
 }
 
@@ -90,16 +95,34 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// ownHeader starts every resolv.conf the package writes. Restore puts the
-// original back only over a file that starts with it: one that does not
-// was rewritten since by someone else (a network manager at boot, after
-// a crash), and is newer than the backup.
+// ErrNeedsRestart is in the chain of a Set or Restore that could not
+// write resolv.conf because the file was replaced since the daemon
+// started. Under mixvpnd.service the daemon may write resolv.conf only
+// through a bind mount of the file onto itself; whoever renames a new
+// file over it (dhclient-script, NetworkManager, resolvconf) detaches
+// that mount, and the daemon sees the new file on its read-only /etc.
+// Nothing short of a new mount namespace, that is a restart of the
+// service, gives it write access again.
+var ErrNeedsRestart = errors.New("dns: resolv.conf was replaced under the daemon's sandbox; the daemon must restart to be able to write the new one")
+
+// ownHeader starts every resolv.conf the package writes. A resolv.conf
+// that starts with anything else was written by someone else.
 const ownHeader = "# Written by mixvpn while its tunnel is up; "
+
+// headerLine is the whole first line of the resolv.conf written with
+// backup as the original's. Restore puts the original back only over a
+// file that starts with it (or with a part of what a crash interrupted
+// the writing of; see the Linux ours): any other file, an empty one
+// included, was written since by someone else (a network manager at
+// boot, after a crash) and is newer than the backup.
+func headerLine(backup string) string {
+	return ownHeader + "the original is in " + backup + "\n"
+}
 
 // resolvConf is the file written in place of the original.
 func resolvConf(cfg Config, backup string) []byte {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%sthe original is in %s\n", ownHeader, backup)
+	b.WriteString(headerLine(backup))
 	fmt.Fprintf(&b, "# and comes back when the tunnel stops.\n")
 	for _, s := range cfg.Servers {
 		fmt.Fprintf(&b, "nameserver %s\n", s.Unmap().WithZone(""))

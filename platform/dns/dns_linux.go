@@ -13,6 +13,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -31,6 +33,20 @@ const (
 // absentMarker is the backup of a resolv.conf that did not exist, so that
 // Restore removes the file instead of leaving an empty one.
 const absentMarker = "# mixvpn: there was no resolv.conf before the tunnel\n"
+
+// lostOriginal is the backup taken of a resolv.conf that is already
+// mixvpn's own, when the backup of the original is gone (deleted with the
+// state directory, or by hand): what Restore then puts in place of the
+// tunnel's resolvers. It names no server, so that lookups go to the
+// machine itself and fail, rather than go on to the tunnel's addresses
+// over the local network, until the network manager or DHCP client
+// writes a new file.
+const lostOriginal = "# mixvpn: the resolv.conf from before its tunnel was lost (its backup was gone).\n" +
+	"# The network manager or DHCP client writes a new one when it next configures the network.\n"
+
+// noteSuffix names, beside the backup, the note of a write in place of
+// resolv.conf under way (see writeNoted).
+const noteSuffix = ".writing"
 
 // restoreTimeout bounds the D-Bus calls of Restore, which has no context
 // because it runs on the way out.
@@ -59,6 +75,7 @@ type linuxConfigurator struct {
 	log        *slog.Logger
 	resolvConf string
 	backup     string
+	note       string // backup+noteSuffix
 	busAddr    string
 
 	mu      sync.Mutex
@@ -85,6 +102,7 @@ func New(opts Options) (Configurator, error) {
 	if c.backup == "" {
 		c.backup = DefaultBackup
 	}
+	c.note = c.backup + noteSuffix
 	if _, err := os.Lstat(c.backup); err == nil {
 		c.log.Warn("found the resolv.conf backup of an earlier run that did not restore it; Restore will put it back", "backup", c.backup)
 	}
@@ -274,11 +292,14 @@ func (c *linuxConfigurator) setFile(cfg Config) error {
 	return nil
 }
 
-// ours reports whether resolv.conf is a file this package wrote, or one
-// whose writing a crash cut short (empty, or part of our header): only
-// then is the backup the original to go back to. A missing file counts as
-// ours, since nobody put anything newer there; a symlink does not, since
-// Set replaces links with files.
+// ours reports whether resolv.conf is the file this package wrote, so
+// that the backup is the original to go back to: it starts with the full
+// header line, or a write in place was under way (the note is there) and
+// the file holds a part of what was being written, as a crash in the
+// middle leaves it. Anything else, an empty file or a part of the header
+// included, is someone else's, written since the backup was taken, and
+// stays. A missing file counts as ours, since nobody put anything newer
+// there; a symlink does not, since Set replaces links with files.
 func (c *linuxConfigurator) ours() (bool, error) {
 	fi, err := os.Lstat(c.resolvConf)
 	switch {
@@ -289,17 +310,74 @@ func (c *linuxConfigurator) ours() (bool, error) {
 	case !fi.Mode().IsRegular():
 		return false, nil
 	}
-	f, err := os.OpenFile(c.resolvConf, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	data, err := c.readResolvConf()
 	if err != nil {
+		return false, err
+	}
+	if bytes.HasPrefix(data, []byte(headerLine(c.backup))) {
+		return true, nil
+	}
+	note, err := os.ReadFile(c.note)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return false, nil
+	case err != nil:
 		return false, fmt.Errorf("dns: %w", err)
 	}
-	defer f.Close()
-	head := make([]byte, len(ownHeader))
-	n, err := io.ReadFull(f, head)
-	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
-		return false, fmt.Errorf("dns: read %s: %w", c.resolvConf, err)
+	return bytes.HasPrefix(note, data), nil
+}
+
+// readResolvConf reads resolv.conf, never through a symlink, and at most
+// far more than the package ever writes, as the file could be anything.
+func (c *linuxConfigurator) readResolvConf() ([]byte, error) {
+	f, err := os.OpenFile(c.resolvConf, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, fmt.Errorf("dns: %w", err)
 	}
-	return strings.HasPrefix(ownHeader, string(head[:n])), nil
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, 1<<20))
+	if err != nil {
+		return nil, fmt.Errorf("dns: read %s: %w", c.resolvConf, err)
+	}
+	return data, nil
+}
+
+// writeNoted writes data into resolv.conf in place (see writeInPlace),
+// having first noted in the state directory what it writes. A crash in
+// the middle leaves resolv.conf empty or cut short, which alone would
+// look like someone else's file (an empty resolv.conf may well be the
+// user's); the note is how ours tells the two apart. The note goes once
+// the file is whole or when nothing was changed, and stays when writing
+// failed half way, for the next run to recognise the remains.
+func (c *linuxConfigurator) writeNoted(data []byte, perm fs.FileMode, create bool) error {
+	if err := writeAtomic(c.note, data, 0o600); err != nil {
+		return fmt.Errorf("note the write under way: %w", err)
+	}
+	touched, err := writeInPlace(c.resolvConf, data, perm, create)
+	if err != nil && touched {
+		return err
+	}
+	if nerr := c.dropNote(); nerr != nil {
+		// The file itself is as it should be; a note left behind only
+		// risks taking a file later emptied by someone else for ours.
+		c.log.Warn("could not remove the note of a write to resolv.conf", "err", nerr)
+	}
+	return err
+}
+
+// dropNote removes the note of a write in place, which is stale once the
+// write is done, or once resolv.conf is someone else's or there is no
+// backup to go back to.
+func (c *linuxConfigurator) dropNote() error {
+	err := os.Remove(c.note)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	syncDir(filepath.Dir(c.note))
+	return nil
 }
 
 // writeResolvConf puts data in resolv.conf. A file is written in place:
@@ -314,7 +392,7 @@ func (c *linuxConfigurator) writeResolvConf(data []byte) error {
 	fi, err := os.Lstat(c.resolvConf)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		err = writeInPlace(c.resolvConf, data, 0o644, true)
+		err = c.writeNoted(data, 0o644, true)
 	case err != nil:
 	case fi.Mode()&fs.ModeSymlink != 0:
 		target, _ := os.Readlink(c.resolvConf)
@@ -325,12 +403,65 @@ func (c *linuxConfigurator) writeResolvConf(data []byte) error {
 	case !fi.Mode().IsRegular():
 		err = fmt.Errorf("not a regular file but %v", fi.Mode().Type())
 	default:
-		err = writeInPlace(c.resolvConf, data, 0, false)
+		if err = c.writeNoted(data, 0, false); err != nil {
+			if rerr := c.needsRestart(err); rerr != nil {
+				return rerr
+			}
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("dns: write %s: %w%s", c.resolvConf, err, accessHint(err))
 	}
 	return nil
+}
+
+// needsRestart returns the ErrNeedsRestart error for err, which writing
+// an existing resolv.conf in place failed with, if a restart of the
+// daemon would cure it; otherwise nil. It would for EROFS where only
+// this mount namespace makes the file read-only: under mixvpnd.service,
+// that is once the bind mount that let the daemon write resolv.conf went
+// with the file it was on, replaced by rename.
+func (c *linuxConfigurator) needsRestart(err error) error {
+	if !errors.Is(err, unix.EROFS) || !readOnlyHereOnly(c.resolvConf) {
+		return nil
+	}
+	return fmt.Errorf("%w (a new %s was renamed over the one its sandbox let it write, as dhclient, NetworkManager and resolvconf do, and sits on read-only %s; systemd-resolved avoids this): %w",
+		ErrNeedsRestart, c.resolvConf, filepath.Dir(c.resolvConf), err)
+}
+
+// readOnlyHereOnly reports whether path's mount is read-only but its file
+// system is not, so that another mount namespace, such as the one a
+// restarted service gets, may see it writable; on a file system that is
+// read-only itself no restart helps. When it cannot tell (no mount ID
+// from statx before Linux 5.8, no /proc) it says yes: the unit's
+// StartLimitBurst bounds restarts that do not help.
+func readOnlyHereOnly(path string) bool {
+	var stx unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, path, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_MNT_ID, &stx); err != nil {
+		return false // gone: a restart would not make it writable either
+	}
+	if stx.Mask&unix.STATX_MNT_ID == 0 {
+		return true
+	}
+	mounts, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return true
+	}
+	id := strconv.FormatUint(stx.Mnt_id, 10)
+	for line := range strings.Lines(string(mounts)) {
+		// ID parent major:minor root mount-point options [optional...]
+		// - type source super-options
+		f := strings.Fields(line)
+		if len(f) < 7 || f[0] != id {
+			continue
+		}
+		sep := slices.Index(f[6:], "-") + 6
+		if sep < 6 || sep+3 >= len(f) {
+			return true
+		}
+		return !slices.Contains(strings.Split(f[sep+3], ","), "ro")
+	}
+	return true
 }
 
 // linkHint says what to do about a resolv.conf linking to target that
@@ -352,10 +483,21 @@ func accessHint(err error) string {
 
 // saveBackup copies resolv.conf as it is: a symlink (to resolved's or
 // NetworkManager's file) stays a symlink, and a missing file is recorded
-// as missing.
+// as missing. A file of mixvpn's own is not copied: the backup of the
+// original is lost then, and a copy would bring the tunnel's resolvers
+// back at every Restore, for good. Failing Set for it would not help
+// either (the file stays as it is, and the tunnel must have its DNS), so
+// Set goes on, with a warning, and the backup is lostOriginal: Restore
+// leaves a resolv.conf without servers, which sends no lookup anywhere,
+// for the network manager to replace.
 func (c *linuxConfigurator) saveBackup() error {
 	if err := os.MkdirAll(filepath.Dir(c.backup), 0o700); err != nil {
 		return fmt.Errorf("dns: backup directory: %w", err)
+	}
+	// Whether no backup was left or resolv.conf is someone else's, a
+	// note is stale.
+	if err := c.dropNote(); err != nil {
+		return fmt.Errorf("dns: %w", err)
 	}
 	fi, err := os.Lstat(c.resolvConf)
 	switch {
@@ -369,9 +511,16 @@ func (c *linuxConfigurator) saveBackup() error {
 		}
 	default:
 		var data []byte
-		if data, err = os.ReadFile(c.resolvConf); err == nil {
-			err = writeAtomic(c.backup, data, fi.Mode().Perm())
+		if data, err = os.ReadFile(c.resolvConf); err != nil {
+			break
 		}
+		perm := fi.Mode().Perm()
+		if bytes.HasPrefix(data, []byte(ownHeader)) {
+			c.log.Warn("resolv.conf is mixvpn's own and the backup of the original is gone; when the tunnel stops, a resolv.conf without servers takes its place until the network manager writes one",
+				"resolv_conf", c.resolvConf, "backup", c.backup)
+			data, perm = []byte(lostOriginal), 0o644
+		}
+		err = writeAtomic(c.backup, data, perm)
 	}
 	if err != nil {
 		return fmt.Errorf("dns: back up %s to %s: %w", c.resolvConf, c.backup, err)
@@ -389,7 +538,12 @@ func (c *linuxConfigurator) saveBackup() error {
 func (c *linuxConfigurator) restoreFile() error {
 	fi, err := os.Lstat(c.backup)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil
+		// Without a backup a note is stale, and must not make a file
+		// someone empties later look like ours.
+		if err := c.dropNote(); err != nil {
+			return fmt.Errorf("dns: %w", err)
+		}
+		return c.restoreLost()
 	}
 	if err != nil {
 		return fmt.Errorf("dns: backup: %w", err)
@@ -418,17 +572,61 @@ func (c *linuxConfigurator) restoreFile() error {
 		var data []byte
 		if data, err = os.ReadFile(c.backup); err == nil {
 			_, lerr := os.Lstat(c.resolvConf)
-			err = writeInPlace(c.resolvConf, data, fi.Mode().Perm(), errors.Is(lerr, fs.ErrNotExist))
+			missing := errors.Is(lerr, fs.ErrNotExist)
+			if err = c.writeNoted(data, fi.Mode().Perm(), missing); err != nil && !missing {
+				if rerr := c.needsRestart(err); rerr != nil {
+					return rerr
+				}
+			}
 		}
 	}
 	if err != nil {
 		return fmt.Errorf("dns: restore %s from %s: %w%s", c.resolvConf, c.backup, err, accessHint(err))
+	}
+	// The note goes first: a crash between the two then leaves a backup
+	// beside a file that is no longer ours, which the next run drops,
+	// as it should.
+	if err := c.dropNote(); err != nil {
+		return fmt.Errorf("dns: %w", err)
 	}
 	if err := os.Remove(c.backup); err != nil {
 		return fmt.Errorf("dns: remove backup: %w", err)
 	}
 	syncDir(filepath.Dir(c.backup))
 	c.log.Info("dns restored", "via", c.resolvConf, "resolv_conf", how)
+	return nil
+}
+
+// restoreLost puts lostOriginal in place of a resolv.conf that Set wrote
+// (its header names this backup) but whose backup is gone, so that the
+// tunnel's resolvers do not outlive the tunnel (see saveBackup). A crash
+// while writing it leaves a file without servers as well, so it needs no
+// note.
+func (c *linuxConfigurator) restoreLost() error {
+	fi, err := os.Lstat(c.resolvConf)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err != nil:
+		return fmt.Errorf("dns: %w", err)
+	case !fi.Mode().IsRegular():
+		return nil
+	}
+	data, err := c.readResolvConf()
+	if err != nil {
+		return err
+	}
+	if !bytes.HasPrefix(data, []byte(headerLine(c.backup))) {
+		return nil
+	}
+	if _, err := writeInPlace(c.resolvConf, []byte(lostOriginal), 0, false); err != nil {
+		if rerr := c.needsRestart(err); rerr != nil {
+			return rerr
+		}
+		return fmt.Errorf("dns: replace %s, whose original's backup %s is gone: %w%s", c.resolvConf, c.backup, err, accessHint(err))
+	}
+	c.log.Warn("resolv.conf was mixvpn's own and the backup of the original was gone; put one without servers in its place until the network manager writes one",
+		"resolv_conf", c.resolvConf, "backup", c.backup)
 	return nil
 }
 
@@ -445,16 +643,17 @@ func isAbsentMarker(path string, fi fs.FileInfo) bool {
 // writeInPlace truncates path and writes data into the same inode, then
 // syncs it; with create it makes the file, with perm, which must not
 // exist. Readers may see an empty file for a moment, and a crash in
-// between leaves a short one, which ours recognises as its own. It never
-// follows a symlink.
-func writeInPlace(path string, data []byte, perm fs.FileMode, create bool) error {
+// between leaves a short one (see writeNoted). It never follows a
+// symlink. touched reports whether it got as far as changing the file,
+// which a failure may then have left cut short.
+func writeInPlace(path string, data []byte, perm fs.FileMode, create bool) (touched bool, err error) {
 	flags := os.O_WRONLY | os.O_TRUNC | unix.O_NOFOLLOW
 	if create {
 		flags |= os.O_CREATE | os.O_EXCL
 	}
 	f, err := os.OpenFile(path, flags, perm)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if create {
 		// The daemon's umask (0027 under systemd) would keep users from
@@ -473,7 +672,7 @@ func writeInPlace(path string, data []byte, perm fs.FileMode, create bool) error
 	if err == nil && create {
 		syncDir(filepath.Dir(path))
 	}
-	return err
+	return true, err
 }
 
 // writeAtomic writes data to a temporary file beside path, syncs it and

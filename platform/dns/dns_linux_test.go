@@ -4,7 +4,9 @@ package dns
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -241,20 +243,182 @@ func TestFileRecoversAfterCrash(t *testing.T) {
 	}
 
 	// A crash between truncating resolv.conf and writing it leaves it
-	// empty or short: that is still ours, and the original comes back.
-	for _, left := range []string{"", ownHeader[:10]} {
+	// empty or short, beside the note of what was being written: that is
+	// still ours, and the original comes back, whether Set's write was
+	// cut short or Restore's.
+	ours := string(resolvConf(testConfig(), f.backup))
+	for _, cut := range []struct{ what, writing, left string }{
+		{"Set's, before writing", ours, ""},
+		{"Set's, in the header", ours, ours[:10]},
+		{"Restore's, before writing", original, ""},
+		{"Restore's, half way", original, original[:len(original)/2]},
+	} {
 		if err := crashed.Set(t.Context(), testConfig()); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(f.conf, []byte(left), 0o644); err != nil {
+		if err := os.WriteFile(f.backup+noteSuffix, []byte(cut.writing), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(f.conf, []byte(cut.left), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		if err := f.configurator(t).Restore(); err != nil {
 			t.Fatal(err)
 		}
 		if got := read(t, f.conf); got != original {
-			t.Fatalf("resolv.conf cut short to %q, then restored:\n%s", left, got)
+			t.Fatalf("%s write cut short to %q, then restored:\n%s", cut.what, cut.left, got)
 		}
+		if names := entries(t, f.state); len(names) != 0 {
+			t.Fatalf("%s: files left in the state directory: %v", cut.what, names)
+		}
+	}
+}
+
+// Without the note of a write under way, an empty resolv.conf, or one
+// that holds only a part of the header, is someone else's (an empty
+// resolv.conf is a way to say "ask 127.0.0.1"), and the backup does not
+// clobber it. Nor does a note whose write the file is not a part of.
+func TestFileEmptiedSinceIsKept(t *testing.T) {
+	ours := string(resolvConf(testConfig(), "/elsewhere"))
+	for _, c := range []struct{ what, note, left string }{
+		{"emptied", "", ""},
+		{"a part of the header", "", ownHeader[:10]},
+		{"the header with another backup", "", ours},
+		{"rewritten beside a note", original, "nameserver 203.0.113.53\n"},
+	} {
+		f := newDirs(t)
+		if err := os.WriteFile(f.conf, []byte(original), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.configurator(t).Set(t.Context(), testConfig()); err != nil {
+			t.Fatal(err)
+		}
+		if c.note != "" {
+			if err := os.WriteFile(f.backup+noteSuffix, []byte(c.note), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := os.WriteFile(f.conf, []byte(c.left), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.configurator(t).Restore(); err != nil {
+			t.Fatal(err)
+		}
+		if got := read(t, f.conf); got != c.left {
+			t.Fatalf("%s: the backup came back over it:\n%s", c.what, got)
+		}
+		if names := entries(t, f.state); len(names) != 0 {
+			t.Fatalf("%s: files left in the state directory: %v", c.what, names)
+		}
+	}
+
+	// The same when the next Set finds an emptied file: it is the one
+	// to come back.
+	f := newDirs(t)
+	c := f.configurator(t)
+	if err := os.WriteFile(f.conf, []byte(original), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Set(t.Context(), testConfig()); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(f.conf, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Set(t.Context(), testConfig()); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(t, f.backup); got != "" {
+		t.Fatalf("backup after resolv.conf was emptied under a Set:\n%s", got)
+	}
+	if err := c.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(t, f.conf); got != "" {
+		t.Fatalf("restored:\n%s", got)
+	}
+}
+
+// When the backup is gone (the state directory deleted) while
+// resolv.conf is still the tunnel's, Set must not take the tunnel's file
+// for the original, which would bring the tunnel's resolvers back at
+// every Restore. What comes back is a file without servers.
+func TestFileBackupLost(t *testing.T) {
+	f := newDirs(t)
+	if err := os.WriteFile(f.conf, []byte(original), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := f.configurator(t)
+	if err := c.Set(t.Context(), testConfig()); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(f.backup); err != nil {
+		t.Fatal(err)
+	}
+	// A mixvpn file naming another backup is no original either.
+	for _, backup := range []string{f.backup, "/elsewhere"} {
+		if err := os.WriteFile(f.conf, resolvConf(testConfig(), backup), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Set(t.Context(), testConfig()); err != nil {
+			t.Fatal(err)
+		}
+		if got := read(t, f.backup); got != lostOriginal {
+			t.Fatalf("backup of the tunnel's own resolv.conf naming %s:\n%s", backup, got)
+		}
+		if got := read(t, f.conf); got != string(resolvConf(testConfig(), f.backup)) {
+			t.Fatalf("resolv.conf:\n%s", got)
+		}
+		if err := c.Restore(); err != nil {
+			t.Fatal(err)
+		}
+		if got := read(t, f.conf); got != lostOriginal {
+			t.Fatalf("restored:\n%s", got)
+		}
+		if strings.Contains(lostOriginal, "nameserver") {
+			t.Fatal("the stand-in for a lost original names a server")
+		}
+		if names := entries(t, f.state); len(names) != 0 {
+			t.Fatalf("files left in the state directory: %v", names)
+		}
+	}
+
+	// A bare Restore, at the next start, does the same for a file that
+	// names this backup, and leaves alone one that names another.
+	for backup, want := range map[string]string{
+		f.backup:     lostOriginal,
+		"/elsewhere": string(resolvConf(testConfig(), "/elsewhere")),
+	} {
+		if err := os.WriteFile(f.conf, resolvConf(testConfig(), backup), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.configurator(t).Restore(); err != nil {
+			t.Fatal(err)
+		}
+		if got := read(t, f.conf); got != want {
+			t.Fatalf("a bare Restore of a file naming %s:\n%s", backup, got)
+		}
+	}
+
+	// A note left without a backup is dropped unread: it must not make a
+	// file emptied since look like a write of the tunnel's cut short.
+	if err := os.WriteFile(f.backup+noteSuffix, []byte(original), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(f.conf, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Set(t.Context(), testConfig()); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(t, f.backup); got != "" {
+		t.Fatalf("backup of an emptied resolv.conf beside a stale note:\n%s", got)
+	}
+	if err := c.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(t, f.conf); got != "" {
+		t.Fatalf("restored:\n%s", got)
 	}
 }
 
@@ -361,22 +525,7 @@ func sandboxChild(t *testing.T, spec string) {
 	}
 	etc, state, linked := dirs[0], dirs[1], dirs[2]
 	f := files{etc: etc, state: state, conf: filepath.Join(etc, "resolv.conf"), backup: filepath.Join(state, "resolv.conf.backup")}
-	for _, dir := range []string{etc, linked} {
-		if err := syscall.Mount(dir, dir, "", syscall.MS_BIND, ""); err != nil {
-			t.Skipf("bind mount: %v", err)
-		}
-		if err := syscall.Mount("", dir, "", syscall.MS_REMOUNT|syscall.MS_BIND|syscall.MS_RDONLY, ""); err != nil {
-			t.Fatalf("read-only remount: %v", err)
-		}
-	}
-	// A bind mount starts with its source's flags: read-only, here, until
-	// remounted, as systemd does for ReadWritePaths.
-	if err := syscall.Mount(f.conf, f.conf, "", syscall.MS_BIND, ""); err != nil {
-		t.Fatalf("bind resolv.conf: %v", err)
-	}
-	if err := syscall.Mount("", f.conf, "", syscall.MS_REMOUNT|syscall.MS_BIND, ""); err != nil {
-		t.Fatalf("read-write remount of resolv.conf: %v", err)
-	}
+	sandbox(t, f.conf, etc, linked)
 	// The sandbox is as systemd makes it: the old way, a rename over
 	// resolv.conf, fails in it.
 	if err := os.Rename(f.conf, f.conf+".moved"); err == nil {
@@ -411,6 +560,159 @@ func sandboxChild(t *testing.T, spec string) {
 	err := c.Set(t.Context(), testConfig())
 	if err == nil || !strings.Contains(err.Error(), "start systemd-resolved") {
 		t.Fatalf("Set on a symlinked resolv.conf in the sandbox: %v", err)
+	}
+	t.Log(err)
+	if err := c.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	if names := entries(t, state); len(names) != 0 {
+		t.Fatalf("files left in the state directory: %v", names)
+	}
+}
+
+// sandbox makes dirs read-only in the calling process's mount namespace
+// but for conf, bind-mounted onto itself read-write, as systemd does for
+// ProtectSystem=strict with ReadWritePaths=-/etc/resolv.conf. It skips
+// the test where bind mounts are not allowed.
+func sandbox(t *testing.T, conf string, dirs ...string) {
+	t.Helper()
+	for _, dir := range dirs {
+		if err := syscall.Mount(dir, dir, "", syscall.MS_BIND, ""); err != nil {
+			t.Skipf("bind mount: %v", err)
+		}
+		if err := syscall.Mount("", dir, "", syscall.MS_REMOUNT|syscall.MS_BIND|syscall.MS_RDONLY, ""); err != nil {
+			t.Fatalf("read-only remount: %v", err)
+		}
+	}
+	// A bind mount starts with its source's flags: read-only, here, until
+	// remounted, as systemd does for ReadWritePaths.
+	if err := syscall.Mount(conf, conf, "", syscall.MS_BIND, ""); err != nil {
+		t.Fatalf("bind resolv.conf: %v", err)
+	}
+	if err := syscall.Mount("", conf, "", syscall.MS_REMOUNT|syscall.MS_BIND, ""); err != nil {
+		t.Fatalf("read-write remount of resolv.conf: %v", err)
+	}
+}
+
+// replacedEnv is sandboxEnv's counterpart for TestFileReplacedUnderSandbox.
+const replacedEnv = "MIXVPN_DNS_REPLACED"
+
+// replaceNow is the line the child of TestFileReplacedUnderSandbox prints
+// when it has set DNS and waits for resolv.conf to be replaced.
+const replaceNow = "mixvpn-test: replace resolv.conf now"
+
+// When something on the host renames a new resolv.conf over the old one,
+// as dhclient-script, NetworkManager and resolvconf do, the kernel
+// detaches the sandbox's bind mount of the old file: the daemon sees the
+// new file on read-only /etc. Set must then say that a restart is what
+// it takes, and Restore must leave the new file alone. The parent
+// process does the renaming, from outside the child's mount namespace,
+// as the host would.
+func TestFileReplacedUnderSandbox(t *testing.T) {
+	if spec := os.Getenv(replacedEnv); spec != "" {
+		replacedChild(t, spec)
+		return
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a mount namespace")
+	}
+	f := newDirs(t)
+	if err := os.WriteFile(f.conf, []byte(original), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestFileReplacedUnderSandbox$", "-test.count=1", "-test.v")
+	cmd.Env = append(os.Environ(), replacedEnv+"="+f.etc+":"+f.state)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	const fresh = "# from DHCP, renamed into place\nnameserver 203.0.113.53\n"
+	var out strings.Builder
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		fmt.Fprintln(&out, sc.Text())
+		if sc.Text() != replaceNow {
+			continue
+		}
+		tmp := filepath.Join(f.etc, "resolv.conf.dhclient-new")
+		if err := os.WriteFile(tmp, []byte(fresh), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, f.conf); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.WriteString(stdin, "replaced\n"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err = cmd.Wait()
+	if strings.Contains(out.String(), "--- SKIP") {
+		t.Skipf("child skipped:\n%s", out.String())
+	}
+	if err != nil {
+		t.Fatalf("child: %v\n%s", err, out.String())
+	}
+	t.Logf("child:\n%s", out.String())
+	if got := read(t, f.conf); got != fresh {
+		t.Fatalf("the new resolv.conf after the sandboxed run:\n%s", got)
+	}
+}
+
+func replacedChild(t *testing.T, spec string) {
+	etc, state, ok := strings.Cut(spec, ":")
+	if !ok {
+		t.Fatalf("%s=%q", replacedEnv, spec)
+	}
+	f := files{etc: etc, state: state, conf: filepath.Join(etc, "resolv.conf"), backup: filepath.Join(state, "resolv.conf.backup")}
+	sandbox(t, f.conf, etc)
+	c := f.configurator(t)
+	if err := c.Set(t.Context(), testConfig()); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Println(replaceNow)
+	if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
+		t.Fatalf("waiting for the parent to replace resolv.conf: %v", err)
+	}
+	err := c.Set(t.Context(), testConfig())
+	if !errors.Is(err, ErrNeedsRestart) || !errors.Is(err, syscall.EROFS) {
+		t.Fatalf("Set on a resolv.conf replaced under the sandbox: %v", err)
+	}
+	t.Log(err)
+	// The new file is someone else's: it stays, and the backup goes.
+	if err := c.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	if names := entries(t, state); len(names) != 0 {
+		t.Fatalf("files left in the state directory: %v", names)
+	}
+
+	// Where the file system itself is read-only, a restart would not
+	// help, and Set does not ask for one.
+	ro := t.TempDir()
+	if err := syscall.Mount("tmpfs", ro, "tmpfs", 0, "size=64k"); err != nil {
+		t.Fatalf("tmpfs: %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(ro, syscall.MNT_DETACH) })
+	r := files{etc: ro, state: state, conf: filepath.Join(ro, "resolv.conf"), backup: f.backup}
+	if err := os.WriteFile(r.conf, []byte(original), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("", ro, "", syscall.MS_REMOUNT|syscall.MS_RDONLY, ""); err != nil {
+		t.Fatalf("read-only remount of the tmpfs: %v", err)
+	}
+	c = r.configurator(t)
+	err = c.Set(t.Context(), testConfig())
+	if err == nil || errors.Is(err, ErrNeedsRestart) || !errors.Is(err, syscall.EROFS) {
+		t.Fatalf("Set on a read-only file system: %v", err)
 	}
 	t.Log(err)
 	if err := c.Restore(); err != nil {

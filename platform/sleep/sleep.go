@@ -9,7 +9,10 @@
 // system bus.
 package sleep
 
-import "log/slog"
+import (
+	"log/slog"
+	"time"
+)
 
 // Options configure New.
 type Options struct {
@@ -20,18 +23,28 @@ type Options struct {
 	Logger *slog.Logger
 }
 
+// Bounds of the delay between attempts to subscribe again after losing
+// the bus: short at first, as a bus that restarts is back in a moment,
+// and never so long that resumes go unreported for long once it is.
+const (
+	retryFirst = time.Second
+	retryMax   = 30 * time.Second
+)
+
 // Notifier reports the machine's resumes from sleep. It holds no
-// connection of its own: each Resumed call opens one for as long as its
-// context lasts.
+// connection of its own: each Resumed call opens one, and opens another
+// whenever the bus goes away, for as long as its context lasts.
 type Notifier struct {
 	opts Options
 	log  *slog.Logger
+	// retryFirst and retryMax are the constants', which tests shorten.
+	retryFirst, retryMax time.Duration
 }
 
 // New returns a Notifier. It opens nothing until Resumed, so that the
 // caller's context owns the connection.
 func New(opts Options) *Notifier {
-	n := &Notifier{opts: opts, log: opts.Logger}
+	n := &Notifier{opts: opts, log: opts.Logger, retryFirst: retryFirst, retryMax: retryMax}
 	if n.log == nil {
 		n.log = slog.New(slog.DiscardHandler)
 	}

@@ -28,17 +28,47 @@ const (
 // watching everything else.
 const setupTimeout = 10 * time.Second
 
-// signalBuffer is deep enough that the connection never has to queue a
-// signal aside, which godbus does in a goroutine of its own per signal,
-// and so could deliver an owner change and a PrepareForSleep out of order.
+// signalBuffer holds the signals of an ordinary burst (logind's, and the
+// bus's about logind's name) until follow reads them. It guarantees no
+// order: when it is full godbus hands each further signal over from a
+// goroutine of its own, so that signals may come out of order, and any
+// local user can fill it, by sending the notifier a flood of unicast
+// signals, which no match rule keeps out. Out of order, a PrepareForSleep
+// from a restarted logind may come before the NameOwnerChanged that names
+// it, or two owner changes may swap and leave the tracker on a name gone
+// from the bus: at worst resumes go unreported (and the clocks still
+// show a long sleep). A spoofed one never counts, in any order: the
+// tracker takes PrepareForSleep only from a unique name the bus said
+// owned logind's, and the bus never gives a unique name twice.
 const signalBuffer = 16
 
 // Resumed connects to the bus, subscribes to logind's PrepareForSleep and
 // sends on the channel each time the machine has resumed, until ctx ends;
 // then it closes the connection and the channel. It fails if the bus
 // cannot be reached or logind is not on it: then only the clocks tell.
-// Losing the bus later closes the channel early, with a warning.
+// Losing the bus later does not close the channel: Resumed connects and
+// subscribes again, retrying after a second, then after delays doubling
+// up to half a minute, for as long as ctx lasts. A resume while it has no
+// connection goes unreported; the clocks still show a long sleep.
 func (n *Notifier) Resumed(ctx context.Context) (<-chan struct{}, error) {
+	sub, err := n.subscribe(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make(chan struct{}, 1)
+	go n.run(ctx, sub, out)
+	return out, nil
+}
+
+// subscription is one connection's subscription to logind's signals.
+type subscription struct {
+	conn *dbus.Conn
+	sigs chan *dbus.Signal
+	t    tracker
+}
+
+// subscribe connects to the bus and subscribes to logind's signals.
+func (n *Notifier) subscribe(ctx context.Context) (*subscription, error) {
 	conn, err := n.dial()
 	if err != nil {
 		return nil, err
@@ -49,7 +79,7 @@ func (n *Notifier) Resumed(ctx context.Context) (<-chan struct{}, error) {
 	// ends them if the bus does not answer.
 	stop := context.AfterFunc(setup, func() { conn.Close() })
 	sigs := make(chan *dbus.Signal, signalBuffer)
-	owner, err := subscribe(setup, conn, sigs)
+	owner, err := subscribeOn(setup, conn, sigs)
 	if !stop() {
 		err = fmt.Errorf("sleep: subscribing to logind on D-Bus: %w", setup.Err())
 	}
@@ -57,9 +87,49 @@ func (n *Notifier) Resumed(ctx context.Context) (<-chan struct{}, error) {
 		conn.Close()
 		return nil, err
 	}
-	out := make(chan struct{}, 1)
-	go n.follow(ctx, conn, sigs, &tracker{owner: owner}, out)
-	return out, nil
+	return &subscription{conn: conn, sigs: sigs, t: tracker{owner: owner}}, nil
+}
+
+// run follows sub, and the subscriptions that replace it whenever the bus
+// goes away, until ctx ends; then it closes out.
+func (n *Notifier) run(ctx context.Context, sub *subscription, out chan<- struct{}) {
+	defer close(out)
+	for sub != nil {
+		n.follow(ctx, sub, out)
+		sub.conn.Close()
+		if ctx.Err() != nil {
+			return
+		}
+		n.log.Warn("lost the D-Bus connection; reconnecting to hear of resumes from sleep again")
+		sub = n.resubscribe(ctx)
+	}
+}
+
+// resubscribe subscribes again, first after retryFirst, since a bus that
+// has just gone away takes a moment to come back, then after a delay that
+// doubles with each failure up to retryMax. It returns nil once ctx ends.
+func (n *Notifier) resubscribe(ctx context.Context) *subscription {
+	delay := n.retryFirst
+	timer := time.NewTimer(delay)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-timer.C:
+		}
+		sub, err := n.subscribe(ctx)
+		if err == nil {
+			n.log.Info("reconnected to D-Bus; resumes from sleep are reported again")
+			return sub
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		delay = min(2*delay, n.retryMax)
+		n.log.Debug("reconnecting to D-Bus failed", "err", err, "retry_in", delay)
+		timer.Reset(delay)
+	}
 }
 
 func (n *Notifier) dial() (*dbus.Conn, error) {
@@ -76,10 +146,10 @@ func (n *Notifier) dial() (*dbus.Conn, error) {
 	return conn, nil
 }
 
-// subscribe authenticates, asks for logind's signals and returns the
+// subscribeOn authenticates, asks for logind's signals and returns the
 // unique name logind has now. It follows logind's name before it asks
 // for it, so that a restart of logind in between is not missed.
-func subscribe(ctx context.Context, conn *dbus.Conn, sigs chan<- *dbus.Signal) (string, error) {
+func subscribeOn(ctx context.Context, conn *dbus.Conn, sigs chan<- *dbus.Signal) (string, error) {
 	if err := conn.Auth(nil); err != nil {
 		return "", fmt.Errorf("sleep: D-Bus authentication: %w", err)
 	}
@@ -124,22 +194,17 @@ func nameOwner(ctx context.Context, conn *dbus.Conn) (string, error) {
 	return owner, err
 }
 
-// follow reads the signals until ctx ends or the bus goes away.
-func (n *Notifier) follow(ctx context.Context, conn *dbus.Conn, sigs <-chan *dbus.Signal, t *tracker, out chan<- struct{}) {
-	defer close(out)
-	defer conn.Close()
+// follow reads sub's signals until ctx ends or the bus goes away.
+func (n *Notifier) follow(ctx context.Context, sub *subscription, out chan<- struct{}) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case s, ok := <-sigs:
+		case s, ok := <-sub.sigs:
 			if !ok {
-				if ctx.Err() == nil {
-					n.log.Warn("lost the D-Bus connection; resumes from sleep are no longer reported by logind")
-				}
 				return
 			}
-			switch t.read(s) {
+			switch sub.t.read(s) {
 			case eventSleep:
 				n.log.Info("the system is going to sleep")
 			case eventResume:

@@ -60,11 +60,17 @@ func TestTrackerReadsSignals(t *testing.T) {
 // address and a function that kills it.
 func startBus(t *testing.T) (string, func()) {
 	t.Helper()
+	return startBusIn(t, t.TempDir())
+}
+
+// startBusIn runs a private dbus-daemon listening on dir/bus, so that a
+// test can start another where one it killed was.
+func startBusIn(t *testing.T, dir string) (string, func()) {
+	t.Helper()
 	bin, err := exec.LookPath("dbus-daemon")
 	if err != nil {
 		t.Skip("needs dbus-daemon from the dbus package; TestTrackerReadsSignals still covers reading the signals")
 	}
-	dir := t.TempDir()
 	cfg := filepath.Join(dir, "bus.conf")
 	if err := os.WriteFile(cfg, []byte(`<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
@@ -127,16 +133,32 @@ func connect(t *testing.T, addr string, names ...string) *dbus.Conn {
 	return conn
 }
 
-// logs is a slog handler that hands the test each message logged.
+// logs is a slog handler that hands the test each message logged. It
+// drops what the test has left unread for too long, so that a notifier
+// retrying meanwhile never blocks on it.
 type logs chan string
 
 func (l logs) Enabled(context.Context, slog.Level) bool { return true }
 func (l logs) Handle(_ context.Context, r slog.Record) error {
-	l <- r.Message
+	select {
+	case l <- r.Message:
+	default:
+	}
 	return nil
 }
 func (l logs) WithAttrs([]slog.Attr) slog.Handler { return l }
 func (l logs) WithGroup(string) slog.Handler      { return l }
+
+// until waits for a message logged that starts with prefix, skipping
+// others.
+func (l logs) until(t *testing.T, prefix string) {
+	t.Helper()
+	for {
+		if m := l.next(t); strings.HasPrefix(m, prefix) {
+			return
+		}
+	}
+}
 
 // next waits for the next message logged.
 func (l logs) next(t *testing.T) string {
@@ -298,26 +320,88 @@ func TestResumedWithoutBus(t *testing.T) {
 	t.Log(err)
 }
 
-// Losing the bus ends the notifications, with a warning: the daemon goes
-// on with its clocks.
-func TestResumedLosesTheBus(t *testing.T) {
-	addr, kill := startBus(t)
+// Losing the bus does not end the notifications: the notifier
+// subscribes again once the bus is back, here a new dbus-daemon at the
+// same address, and reports the resumes logind announces there.
+func TestResumedSurvivesLosingTheBus(t *testing.T) {
+	dir := t.TempDir()
+	addr, kill := startBusIn(t, dir)
 	connect(t, addr, logindName)
-	log := make(logs, 16)
-	resumed, err := New(Options{DBusAddress: addr, Logger: slog.New(log)}).Resumed(t.Context())
+	log := make(logs, 64)
+	n := New(Options{DBusAddress: "unix:path=" + filepath.Join(dir, "bus"), Logger: slog.New(log)})
+	n.retryFirst, n.retryMax = 10*time.Millisecond, 50*time.Millisecond
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	resumed, err := n.Resumed(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	kill()
+	log.until(t, "lost the D-Bus connection")
+	log.until(t, "reconnecting to D-Bus failed")
+	log.until(t, "reconnecting to D-Bus failed")
+	select {
+	case _, ok := <-resumed:
+		t.Fatalf("without a bus: received %v", ok)
+	default:
+	}
+
+	addr, _ = startBusIn(t, dir)
+	logind := connect(t, addr, logindName)
+	log.until(t, "reconnected to D-Bus")
+	prepareForSleep(t, logind, false)
+	log.until(t, "the system resumed from sleep")
+	select {
+	case _, ok := <-resumed:
+		if !ok {
+			t.Fatal("the channel closed")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no resume reported from the new bus")
+	}
+
+	cancel()
+	select {
+	case _, ok := <-resumed:
+		if ok {
+			t.Fatal("a resume after the context ended")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the channel stayed open after the context ended")
+	}
+}
+
+// While the bus stays away the notifier keeps trying, and ends with its
+// context, closing the channel.
+func TestResumedRetriesUntilTheContextEnds(t *testing.T) {
+	addr, kill := startBus(t)
+	connect(t, addr, logindName)
+	log := make(logs, 64)
+	n := New(Options{DBusAddress: addr, Logger: slog.New(log)})
+	n.retryFirst, n.retryMax = 10*time.Millisecond, 20*time.Millisecond
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	resumed, err := n.Resumed(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kill()
+	log.until(t, "lost the D-Bus connection")
+	for range 3 {
+		log.until(t, "reconnecting to D-Bus failed")
+	}
+	select {
+	case _, ok := <-resumed:
+		t.Fatalf("without a bus: received %v", ok)
+	default:
+	}
+	cancel()
 	select {
 	case _, ok := <-resumed:
 		if ok {
 			t.Fatal("a resume from a bus that is gone")
 		}
 	case <-time.After(10 * time.Second):
-		t.Fatal("the channel stayed open after the bus went away")
-	}
-	if m := log.next(t); !strings.Contains(m, "lost the D-Bus connection") {
-		t.Fatalf("logged %q", m)
+		t.Fatal("the channel stayed open after the context ended")
 	}
 }
