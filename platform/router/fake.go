@@ -52,6 +52,7 @@ func (f *Fake) Set(ctx context.Context, cfg Config) error {
 	cfg.Addresses = slices.Clone(cfg.Addresses)
 	cfg.Bypass = slices.Clone(cfg.Bypass)
 	cfg.AllowLAN = slices.Clone(cfg.AllowLAN)
+	cfg.Tunnel = slices.Clone(cfg.Tunnel)
 	f.configs = append(f.configs, cfg)
 	return nil
 }

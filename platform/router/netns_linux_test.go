@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -236,16 +237,21 @@ func TestRouterSetIsIdempotentAndCloseRestores(t *testing.T) {
 	if err := r.Up(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Set(t.Context(), testConfig()); err != nil {
+	cfg := testConfig()
+	cfg.Tunnel = []netip.Prefix{netip.MustParsePrefix("10.78.0.53/32"), netip.MustParsePrefix("fd78::53/128")}
+	if err := r.Set(t.Context(), cfg); err != nil {
 		t.Fatal(err)
 	}
 	once := f.state(t)
 	for _, want := range []string{
-		"5280:\tfrom all to 192.0.2.1 dport 51820 lookup main",
-		"5280:\tfrom all to 198.18.0.0/15 lookup main",
-		"5281:\tfrom all lookup main suppress_prefixlength 0",
-		"5282:\tnot from all fwmark 0x6d78 lookup 51888",
-		"5280:\tfrom all to 2001:db8::1 dport 51820 lookup main",
+		"5280:\tfrom all fwmark 0x6d78 goto 5282",
+		"5281:\tfrom all to 10.78.0.53 lookup 51888",
+		"5282:\tfrom all to 192.0.2.1 dport 51820 lookup main",
+		"5282:\tfrom all to 198.18.0.0/15 lookup main",
+		"5283:\tfrom all lookup main suppress_prefixlength 0",
+		"5284:\tnot from all fwmark 0x6d78 lookup 51888",
+		"5281:\tfrom all to fd78::53 lookup 51888",
+		"5282:\tfrom all to 2001:db8::1 dport 51820 lookup main",
 		"default dev mvtun0 table 51888 scope link",
 		"default dev mvtun0 table 51888 metric 1024",
 		"inet 10.66.0.2/32",
@@ -258,7 +264,7 @@ func TestRouterSetIsIdempotentAndCloseRestores(t *testing.T) {
 	if !strings.Contains(once, "<POINTOPOINT,MULTICAST,NOARP,UP,LOWER_UP>") {
 		t.Errorf("TUN not up:\n%s", once)
 	}
-	if err := r.Set(t.Context(), testConfig()); err != nil {
+	if err := r.Set(t.Context(), cfg); err != nil {
 		t.Fatal(err)
 	}
 	if twice := f.state(t); twice != once {
@@ -274,7 +280,7 @@ func TestRouterSetIsIdempotentAndCloseRestores(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := f.state(t)
-	for _, gone := range []string{"198.18.0.0/15", "2001:db8::1 dport", "fd66::2", "default dev mvtun0 table 51888 metric"} {
+	for _, gone := range []string{"198.18.0.0/15", "2001:db8::1 dport", "fd66::2", "default dev mvtun0 table 51888 metric", "goto", "10.78.0.53", "fd78::53"} {
 		if strings.Contains(s, gone) {
 			t.Errorf("%q left after narrowing:\n%s", gone, s)
 		}
@@ -382,7 +388,9 @@ func TestRouterUpRemovesLeftovers(t *testing.T) {
 	if err := dead.Up(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	if err := dead.Set(t.Context(), testConfig()); err != nil {
+	cfg := testConfig()
+	cfg.Tunnel = []netip.Prefix{netip.MustParsePrefix("10.78.0.53/32"), netip.MustParsePrefix("fd78::53/128")}
+	if err := dead.Set(t.Context(), cfg); err != nil {
 		t.Fatal(err)
 	}
 	next := f.newRouter(t)
@@ -390,7 +398,7 @@ func TestRouterUpRemovesLeftovers(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := f.state(t)
-	if strings.Contains(s, "51888") || strings.Contains(s, "suppress_prefixlength") {
+	if strings.Contains(s, "51888") || strings.Contains(s, "suppress_prefixlength") || strings.Contains(s, "goto") {
 		t.Fatalf("leftovers after Up:\n%s", s)
 	}
 	if err := next.Close(); err != nil {
@@ -653,5 +661,187 @@ func TestRouterBlocksIPv6(t *testing.T) {
 	}
 	if ok, err := reached(outside6); !ok {
 		t.Errorf("IPv6 still blocked after Close: %v", err)
+	}
+}
+
+// TestRouterTunnelsResolvers: the tunnel's resolvers may have private
+// addresses that the main table reaches in the clear, by a connected
+// subnet or the LAN allowed; once among Config.Tunnel, their lookups come
+// out of the TUN and never reach the network, while FwMark's packets to
+// the same addresses still go by the main table, and a blocked family
+// fails them.
+func TestRouterTunnelsResolvers(t *testing.T) {
+	f := setup(t)
+	// On the peer, so that a lookup that left by eth0 arrives: one on the
+	// connected subnet of each family, one on the LAN beyond it.
+	onLink4, onLAN4, onLink6 := netip.MustParseAddr("10.78.0.53"), netip.MustParseAddr("198.18.0.53"), netip.MustParseAddr("fd78::53")
+	resolvers := []netip.Addr{onLink4, onLAN4, onLink6}
+	for _, args := range [][]string{
+		{"addr", "add", onLink4.String() + "/32", "dev", "lo"},
+		{"addr", "add", onLAN4.String() + "/32", "dev", "lo"},
+		// Neighbour discovery answers only for the link's own addresses.
+		{"-6", "addr", "add", onLink6.String() + "/128", "dev", "eth0", "nodad"},
+	} {
+		if err := f.peer.Run("ip", args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	arrived := make(chan string, 64)
+	for _, network := range []string{"udp4", "udp6"} {
+		var ln *net.UDPConn
+		if err := f.peer.Do(func() (err error) {
+			ln, err = net.ListenUDP(network, &net.UDPAddr{Port: 53})
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		go func() {
+			buf := make([]byte, 64)
+			for {
+				n, _, err := ln.ReadFromUDP(buf)
+				if err != nil {
+					return
+				}
+				arrived <- string(buf[:n])
+			}
+		}()
+	}
+	// lookup sends a datagram from an unmarked socket to port 53 of dst
+	// and returns what it said, or the error of sending it.
+	sends := 0
+	lookup := func(dst netip.Addr) (string, error) {
+		sends++
+		msg := fmt.Sprintf("%v #%d", dst, sends)
+		err := f.client.Do(func() error {
+			c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(dst, 53)))
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			_, err = c.Write([]byte(msg))
+			return err
+		})
+		return msg, err
+	}
+	// reaches reports whether a lookup to dst arrives at the peer: a few
+	// tries, a second each, since the veth's IPv6 addresses may still be
+	// tentative.
+	reaches := func(dst netip.Addr) bool {
+		for range 3 {
+			msg, err := lookup(dst)
+			if err != nil {
+				return false
+			}
+			deadline := time.After(time.Second)
+		wait:
+			for {
+				select {
+				case got := <-arrived:
+					if got == msg {
+						return true
+					}
+				case <-deadline:
+					break wait
+				}
+			}
+		}
+		return false
+	}
+	seen := tunDestinations(f.dev)
+	r := f.newRouter(t)
+	if err := r.Up(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+
+	// Without Tunnel, the main table takes them to the network: this is
+	// the leak.
+	if err := r.Set(t.Context(), testConfig()); err != nil {
+		t.Fatal(err)
+	}
+	for _, dst := range resolvers {
+		if !reaches(dst) {
+			t.Fatalf("without Tunnel, a lookup to %v did not leave by the main table: the test proves nothing", dst)
+		}
+	}
+
+	cfg := testConfig()
+	for _, a := range resolvers {
+		cfg.Tunnel = append(cfg.Tunnel, netip.PrefixFrom(a, a.BitLen()))
+	}
+	if err := r.Set(t.Context(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	for _, dst := range resolvers {
+		if got := f.routeGet(t, dst.String()); !strings.Contains(got, "dev "+tunName) {
+			t.Errorf("ip route get %v: %q, want the TUN", dst, got)
+		}
+		if got := f.routeGet(t, dst.String(), "mark", "0x6d78"); !strings.Contains(got, "dev eth0") {
+			t.Errorf("ip route get %v mark 0x6d78: %q, want eth0", dst, got)
+		}
+		var sent []string
+		if !intoTUN(t, seen, dst, func() {
+			msg, err := lookup(dst)
+			if err != nil {
+				t.Errorf("lookup to %v: %v", dst, err)
+			}
+			sent = append(sent, msg)
+		}) {
+			t.Errorf("a lookup to %v did not come out of the TUN", dst)
+		}
+		if !f.answers(dst, true) {
+			t.Errorf("marked ping to %v does not reach it by the main table", dst)
+		}
+		// Whatever the TUN got must not have reached the network too.
+		deadline := time.After(500 * time.Millisecond)
+	drain:
+		for {
+			select {
+			case got := <-arrived:
+				if slices.Contains(sent, got) {
+					t.Errorf("a lookup to %v reached the network: %q", dst, got)
+				}
+			case <-deadline:
+				break drain
+			}
+		}
+	}
+	// The rest of the connected subnet and the LAN stay outside the
+	// tunnel.
+	if !f.answers(peerAddr, false) || !f.answers(lanHost, false) {
+		t.Error("the LAN is unreachable beside the tunneled resolvers")
+	}
+
+	// With IPv6 blocked, the IPv6 resolver fails at once, as the rest of
+	// IPv6 does.
+	blocked := cfg
+	blocked.RouteIPv6, blocked.BlockIPv6 = false, true
+	blocked.Addresses = blocked.Addresses[:1]
+	if err := r.Set(t.Context(), blocked); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lookup(onLink6); !errors.Is(err, syscall.EHOSTUNREACH) {
+		t.Errorf("lookup to %v with IPv6 blocked: %v, want EHOSTUNREACH", onLink6, err)
+	}
+	if !f.answers(netip.MustParseAddr("fd78::2"), false) {
+		t.Error("the connected subnet is unreachable while IPv6 is blocked")
+	}
+
+	// A family that is neither routed nor blocked cannot promise them.
+	none := cfg
+	none.RouteIPv6 = false
+	if err := r.Set(t.Context(), none); err == nil {
+		t.Error("an IPv6 tunnel prefix accepted with IPv6 neither routed nor blocked")
+	}
+
+	// Without them again, their rules go.
+	if err := r.Set(t.Context(), testConfig()); err != nil {
+		t.Fatal(err)
+	}
+	if s := f.state(t); strings.Contains(s, "goto") || strings.Contains(s, "10.78.0.53") || strings.Contains(s, "fd78::53") {
+		t.Errorf("tunnel rules left:\n%s", s)
+	}
+	if !reaches(onLink4) {
+		t.Error("the resolver's address did not go back to the main table")
 	}
 }

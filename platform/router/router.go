@@ -23,8 +23,8 @@ const FwMark = 0x6d78
 const DefaultTable = 51888
 
 // DefaultPriority is the priority of the first of the router's ip rules;
-// the others follow it directly. It sits well before the main table's
-// rule (32766) and after the local table's (0).
+// the others follow it directly, five in all. It sits well before the
+// main table's rule (32766) and after the local table's (0).
 const DefaultPriority = 5280
 
 // Router routes traffic through the TUN device.
@@ -68,6 +68,17 @@ type Config struct {
 	// tunnel, for LAN ranges beyond the directly connected subnets (those
 	// bypass the tunnel anyway).
 	AllowLAN []netip.Prefix
+	// Tunnel are destinations that always go through the TUN, ahead of
+	// Bypass, AllowLAN and the main table's connected subnets: the
+	// tunnel's resolvers, which may well have private addresses (an
+	// exit's resolver inside its tunnel network, say 10.64.0.1) that a
+	// LAN or a docker or libvirt bridge on this machine also covers, and
+	// whose lookups must not go there in the clear. Only FwMark's sockets
+	// skip them, so that the tunnel's own traffic never loops into the
+	// TUN, should an endpoint share an address with one. A family that is
+	// blocked (BlockIPv6) fails them as it fails the rest of its traffic;
+	// a family neither routed nor blocked cannot have any.
+	Tunnel []netip.Prefix
 }
 
 // Options configure New.
@@ -77,7 +88,7 @@ type Options struct {
 	// Table defaults to DefaultTable; change it only to avoid a clash.
 	Table int
 	// Priority defaults to DefaultPriority; the router uses it and the
-	// two numbers after it.
+	// four numbers after it.
 	Priority int
 }
 
@@ -102,6 +113,16 @@ func (c Config) Validate() error {
 	for _, p := range c.AllowLAN {
 		if !p.IsValid() {
 			return errors.New("router: invalid LAN prefix")
+		}
+	}
+	for _, p := range c.Tunnel {
+		if !p.IsValid() {
+			return errors.New("router: invalid tunnel prefix")
+		}
+		// Nothing would take such a prefix into the TUN: its lookups
+		// would go by the main table, the very thing Tunnel prevents.
+		if is4 := p.Addr().Unmap().Is4(); is4 && !c.RouteIPv4 || !is4 && !c.RouteIPv6 && !c.BlockIPv6 {
+			return fmt.Errorf("router: %v must go through the tunnel, which does not carry its family", p)
 		}
 	}
 	return nil

@@ -3,12 +3,16 @@
 package router
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 
 	"github.com/vishvananda/netlink"
@@ -89,7 +93,7 @@ func (r *linuxRouter) Up(ctx context.Context) error {
 		}
 		for _, rule := range rules {
 			ours := rule.Table == r.table ||
-				rule.Table == unix.RT_TABLE_MAIN && rule.Priority >= r.prio && rule.Priority <= r.prio+2
+				(rule.Table == unix.RT_TABLE_MAIN || rule.Goto >= 0) && rule.Priority >= r.prio && rule.Priority <= r.prio+prioCatchAll
 			if !ours {
 				continue
 			}
@@ -184,7 +188,14 @@ func (r *linuxRouter) Set(ctx context.Context, cfg Config) error {
 		r.routes[k] = rt
 	}
 	rules := r.wantRules(cfg)
-	for k, rule := range rules {
+	// In priority order, so that the way out of a rule (the main table
+	// ahead of the catch-all into the TUN, the target of a goto) is in
+	// place before the rule is.
+	keys := slices.SortedFunc(maps.Keys(rules), func(a, b string) int {
+		return cmp.Or(cmp.Compare(rules[a].Priority, rules[b].Priority), strings.Compare(a, b))
+	})
+	for _, k := range keys {
+		rule := rules[k]
 		if err := r.h.RuleAdd(&rule); err != nil && !errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("router: add rule %v: %w", rule, err)
 		}
@@ -209,7 +220,7 @@ func (r *linuxRouter) Set(ctx context.Context, cfg Config) error {
 		delete(r.routes, k)
 	}
 	r.log.Info("routes set", "interface", cfg.Interface, "ipv4", cfg.RouteIPv4, "ipv6", cfg.RouteIPv6, "block_ipv6", cfg.BlockIPv6,
-		"rules", len(r.rules), "routes", len(r.routes))
+		"tunneled", len(cfg.Tunnel), "rules", len(r.rules), "routes", len(r.routes))
 	return nil
 }
 
@@ -322,8 +333,25 @@ func (r *linuxRouter) wantRoutes(cfg Config, index int) map[string]netlink.Route
 	return out
 }
 
+// The router's rules, by priority after Options.Priority. Lower comes
+// first.
+const (
+	// prioSkip sends FwMark's packets past the Tunnel rules.
+	prioSkip = iota
+	// prioTunnel sends Config.Tunnel's destinations to the TUN's table.
+	prioTunnel
+	// prioBypass sends the bypass and LAN destinations to the main table.
+	prioBypass
+	// prioSuppress sends what the main table has a route for, other than
+	// its default route, to the main table.
+	prioSuppress
+	// prioCatchAll sends every packet without FwMark to the TUN's table.
+	prioCatchAll
+)
+
 // wantRules are, per family routed or blocked and in priority order: the
-// bypass and LAN destinations to the main table; the main table for
+// Tunnel destinations to the router's table, which FwMark's packets skip;
+// the bypass and LAN destinations to the main table; the main table for
 // everything but its default route, so that connected and LAN routes keep
 // working; and the router's table for every packet without FwMark.
 func (r *linuxRouter) wantRules(cfg Config) map[string]netlink.Rule {
@@ -336,36 +364,73 @@ func (r *linuxRouter) wantRules(cfg Config) map[string]netlink.Rule {
 		if !fam.on {
 			continue
 		}
+		bypassed := false
 		for _, b := range cfg.Bypass {
 			a := b.Addr().Unmap()
 			if a.Is4() != fam.is4 {
 				continue
 			}
-			rule := r.rule(fam.num, r.prio, unix.RT_TABLE_MAIN)
+			rule := r.rule(fam.num, r.prio+prioBypass, unix.RT_TABLE_MAIN)
 			rule.Dst = ipnet(netip.PrefixFrom(a, a.BitLen()))
 			if b.Port() != 0 {
 				rule.Dport = netlink.NewRulePortRange(b.Port(), b.Port())
 			}
 			out[fmt.Sprintf("bypass %v", netip.AddrPortFrom(a, b.Port()))] = *rule
+			bypassed = true
 		}
 		for _, p := range cfg.AllowLAN {
 			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()).Masked()
 			if p.Addr().Is4() != fam.is4 {
 				continue
 			}
-			rule := r.rule(fam.num, r.prio, unix.RT_TABLE_MAIN)
+			rule := r.rule(fam.num, r.prio+prioBypass, unix.RT_TABLE_MAIN)
 			rule.Dst = ipnet(p)
 			out["lan "+p.String()] = *rule
+			bypassed = true
 		}
-		suppress := r.rule(fam.num, r.prio+1, unix.RT_TABLE_MAIN)
+		tunneled := false
+		for _, p := range cfg.Tunnel {
+			p = unmapPrefix(p)
+			if p.Addr().Is4() != fam.is4 {
+				continue
+			}
+			rule := r.rule(fam.num, r.prio+prioTunnel, r.table)
+			rule.Dst = ipnet(p)
+			out["tunnel "+p.String()] = *rule
+			tunneled = true
+		}
+		if tunneled {
+			// A rule cannot match a destination and the absence of a
+			// mark at once ("not" inverts all it matches), so marked
+			// packets jump over the Tunnel rules to the first rule that
+			// follows them, which they would have reached anyway.
+			target := r.prio + prioSuppress
+			if bypassed {
+				target = r.prio + prioBypass
+			}
+			skip := r.rule(fam.num, r.prio+prioSkip, 0)
+			skip.Mark = FwMark
+			skip.Goto = target
+			out[fmt.Sprintf("%d fwmark goto %d", fam.num, target)] = *skip
+		}
+		suppress := r.rule(fam.num, r.prio+prioSuppress, unix.RT_TABLE_MAIN)
 		suppress.SuppressPrefixlen = 0
 		out[fmt.Sprintf("%d suppress", fam.num)] = *suppress
-		tunnel := r.rule(fam.num, r.prio+2, r.table)
+		tunnel := r.rule(fam.num, r.prio+prioCatchAll, r.table)
 		tunnel.Mark = FwMark
 		tunnel.Invert = true
 		out[fmt.Sprintf("%d not fwmark", fam.num)] = *tunnel
 	}
 	return out
+}
+
+// unmapPrefix is p with an IPv4-mapped address as plain IPv4, the way
+// the kernel matches it.
+func unmapPrefix(p netip.Prefix) netip.Prefix {
+	if !p.Addr().Is4In6() {
+		return p.Masked()
+	}
+	return netip.PrefixFrom(p.Addr().Unmap(), max(p.Bits()-96, 0)).Masked()
 }
 
 func (r *linuxRouter) rule(family, prio, table int) *netlink.Rule {

@@ -12,6 +12,9 @@ func TestValidate(t *testing.T) {
 		Addresses: []netip.Prefix{netip.MustParsePrefix("10.66.0.2/32")},
 		Bypass:    []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:51820")},
 		AllowLAN:  []netip.Prefix{netip.MustParsePrefix("192.168.0.0/16")},
+		RouteIPv4: true,
+		BlockIPv6: true,
+		Tunnel:    []netip.Prefix{netip.MustParsePrefix("192.168.1.53/32"), netip.MustParsePrefix("fd00::53/128")},
 	}
 	if err := good.Validate(); err != nil {
 		t.Fatal(err)
@@ -22,6 +25,10 @@ func TestValidate(t *testing.T) {
 		"bad bypass":              {Interface: "x", Bypass: []netip.AddrPort{{}}},
 		"bad LAN prefix":          {Interface: "x", AllowLAN: []netip.Prefix{{}}},
 		"IPv6 routed and blocked": {Interface: "x", RouteIPv6: true, BlockIPv6: true},
+		"bad tunnel prefix":       {Interface: "x", RouteIPv4: true, Tunnel: []netip.Prefix{{}}},
+		// Nothing would take them into the TUN.
+		"IPv4 tunneled, not routed": {Interface: "x", RouteIPv6: true, Tunnel: []netip.Prefix{netip.MustParsePrefix("10.64.0.1/32")}},
+		"IPv6 tunneled, not routed": {Interface: "x", RouteIPv4: true, Tunnel: []netip.Prefix{netip.MustParsePrefix("fd00::53/128")}},
 	} {
 		if c.Validate() == nil {
 			t.Errorf("%s: accepted", name)

@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"strings"
 	"time"
 
 	"github.com/mixvpn/mixvpn/mixnet/directory"
@@ -41,27 +40,36 @@ func (f failures) forget(ids ...string) {
 }
 
 // choose narrows want, the user's choice of a gateway of role (an ID, a
-// country code or empty for any, as directory.PickGateway takes it), to
-// one gateway ID in doc, picked by pick among those that did not fail
+// country code or empty for any, read as directory.PickGateway reads it),
+// to one gateway ID in doc, picked by pick among those that did not fail
 // within avoidFor before now. When every gateway that fits failed lately
 // it takes the one that failed longest ago, so that attempts go round
 // them rather than back to the last to fail. A gateway pinned by ID is
 // kept whatever happened to it: the user asked for that one. A choice doc
 // cannot meet comes back as it is, for the tunnel to say why it fails.
-func (f failures) choose(doc *directory.Document, role directory.Role, want string, now time.Duration, pick func(n int) int) string {
-	if want != "" && doc.ByID(want) != nil {
+//
+// usable, if not nil, narrows the gateways further to those the tunnel
+// could work through (an exit that provides a resolver, when the user
+// named none): a gateway it refuses would only fail the attempt after
+// the tunnel was built. If it refuses every gateway that fits, the choice
+// is made among them all, so that the attempt fails naming one and what
+// it lacks.
+func (f failures) choose(doc *directory.Document, role directory.Role, want string, now time.Duration, pick func(n int) int,
+	usable func(*directory.Descriptor) bool) string {
+	all, err := doc.Candidates(role, want)
+	if err != nil {
 		return want
 	}
-	country := ""
-	switch {
-	case len(want) == 2:
-		country = strings.ToUpper(want)
-	case want != "":
-		return want
-	}
-	all := doc.GatewaysIn(role, country)
-	if len(all) == 0 {
-		return want
+	if usable != nil {
+		var ok []*directory.Descriptor
+		for _, g := range all {
+			if usable(g) {
+				ok = append(ok, g)
+			}
+		}
+		if len(ok) > 0 {
+			all = ok
+		}
 	}
 	var fresh []*directory.Descriptor
 	oldest := all[0]

@@ -1,10 +1,12 @@
 package daemon
 
 import (
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/mixvpn/mixvpn/mixnet/directory"
+	"github.com/mixvpn/mixvpn/tunnel/control"
 )
 
 func TestChooseGateway(t *testing.T) {
@@ -33,12 +35,51 @@ func TestChooseGateway(t *testing.T) {
 	}
 	for _, c := range cases {
 		for _, pick := range []func(int) int{first, last} {
-			got := c.failed.choose(multiDoc, c.role, c.want, now, pick)
+			got := c.failed.choose(multiDoc, c.role, c.want, now, pick, nil)
 			found := false
 			for _, ok := range c.ok {
 				found = found || got == ok
 			}
 			if !found {
+				t.Errorf("%s: chose %q, want one of %v", c.name, got, c.ok)
+			}
+		}
+	}
+}
+
+// With no dns_servers, an exit that provides no resolver the tunnel can
+// use is passed over while the choice allows another; if none does, the
+// choice is made among them all, for the attempt to fail naming one.
+func TestChooseExitWithDNS(t *testing.T) {
+	const now = time.Hour
+	doc := &directory.Document{Nodes: []directory.Descriptor{
+		{ID: "entry1", Role: directory.RoleEntry, Country: "DE"},
+		{ID: "bare", Role: directory.RoleExit, Country: "DE"},
+		{ID: "v6only", Role: directory.RoleExit, Country: "DE", DNS: addrs("2001:db8::80")},
+		{ID: "dns", Role: directory.RoleExit, Country: "DE", DNS: addrs("10.64.0.1")},
+		{ID: "bareCH", Role: directory.RoleExit, Country: "CH"},
+	}}
+	v4only := control.Settings{}
+	own := control.Settings{DNSServers: addrs("9.9.9.9")}
+	cases := []struct {
+		name   string
+		s      control.Settings
+		want   string
+		failed failures
+		ok     []string // any of these
+	}{
+		{"any: the one with DNS", v4only, "", failures{}, []string{"dns"}},
+		{"country: the one with DNS", v4only, "de", failures{}, []string{"dns"}},
+		{"with DNS though it failed", v4only, "", failures{"dns": now}, []string{"dns"}},
+		{"IPv6 resolvers with ipv6 on", control.Settings{IPv6: true}, "", failures{"dns": now}, []string{"v6only"}},
+		{"the user's DNS: any", own, "", failures{"dns": now}, []string{"bare", "v6only", "bareCH"}},
+		{"none in the country: one of them, to fail", v4only, "CH", failures{}, []string{"bareCH"}},
+		{"pinned by ID, without DNS", v4only, "bare", failures{}, []string{"bare"}},
+	}
+	for _, c := range cases {
+		for _, pick := range []func(int) int{func(int) int { return 0 }, func(n int) int { return n - 1 }} {
+			got := c.failed.choose(doc, directory.RoleExit, c.want, now, pick, usableExit(c.s, doc))
+			if !slices.Contains(c.ok, got) {
 				t.Errorf("%s: chose %q, want one of %v", c.name, got, c.ok)
 			}
 		}

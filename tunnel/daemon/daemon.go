@@ -136,6 +136,10 @@ type Daemon struct {
 	live      liveness
 	doc       *directory.Document // last fetched, for the kill switch's endpoints
 	dnsOn     bool
+	// resolving is what the system's DNS may point at while dnsOn: the
+	// servers last set, and those of a Set under way or that failed half
+	// way. The routes keep them all in the tunnel.
+	resolving []netip.Addr
 
 	// genCtx is gen's context, ended with it: a probe of the entry made
 	// for gen's tunnel says nothing about the next.
@@ -409,7 +413,7 @@ func (d *Daemon) supersedeLocked() (uint64, context.Context) {
 func (d *Daemon) connectLoop(ctx context.Context, gen uint64, tg target, retry bool) {
 	wait := d.rc.RetryMin
 	for attempt := 1; ; attempt++ {
-		err := d.bringUp(ctx, gen, tg)
+		err := d.bringUp(ctx, gen, tg, retry)
 		if err == nil || ctx.Err() != nil {
 			return
 		}
@@ -437,8 +441,9 @@ func (d *Daemon) connectLoop(ctx context.Context, gen uint64, tg target, retry b
 // moves routes and DNS to it. The old tunnel, if any, loses the device
 // the moment the new lease is taken, so packets in between are dropped
 // inside the TUN, never sent in the clear; the kill switch blocks
-// everything else while this runs.
-func (d *Daemon) bringUp(ctx context.Context, gen uint64, tg target) error {
+// everything else while this runs. retry is whether a failure will be
+// tried again.
+func (d *Daemon) bringUp(ctx context.Context, gen uint64, tg target, retry bool) error {
 	select {
 	case <-d.ready:
 	case <-ctx.Done():
@@ -463,11 +468,19 @@ func (d *Daemon) bringUp(ctx context.Context, gen uint64, tg target) error {
 	_, now := d.clock.now()
 	d.mu.Lock()
 	d.doc = doc
-	tg.Entry = d.failed.choose(doc, directory.RoleEntry, tg.Entry, now, mrand.IntN)
-	tg.Exit = d.failed.choose(doc, directory.RoleExit, tg.Exit, now, mrand.IntN)
+	tg.Entry = d.failed.choose(doc, directory.RoleEntry, tg.Entry, now, mrand.IntN, nil)
+	tg.Exit = d.failed.choose(doc, directory.RoleExit, tg.Exit, now, mrand.IntN, usableExit(s, doc))
 	d.mu.Unlock()
 	if err := d.syncFirewall(true); err != nil {
 		return err
+	}
+	// An exit without DNS fails the attempt anyway: better before a
+	// tunnel is built through it and registered with its gateways. A
+	// choice that names no exit is the tunnel's to refuse, saying why.
+	if x := doc.ByID(tg.Exit); x != nil && x.Role == directory.RoleExit {
+		if _, err := resolvers(s, doc, tg.Exit); err != nil {
+			return err
+		}
 	}
 	// gatewaysFailed blames the chosen gateways for err, unless the
 	// attempt was called off: that says nothing about them.
@@ -509,15 +522,19 @@ func (d *Daemon) bringUp(ctx context.Context, gen uint64, tg target) error {
 	if old != nil {
 		old.Close()
 	}
-	if err := d.cfg.Router.Set(ctx, d.routeConfig(s, addrs, doc)); err != nil {
-		d.abandon(ctx)
-		return fmt.Errorf("routes: %w", err)
+	// A failure keeps the routes and DNS for a retry, and for whoever
+	// called the attempt off, who sets or removes them in turn.
+	tunneled, err := d.setRoutes(ctx, s, addrs, doc, servers)
+	if err != nil {
+		d.abandon(ctx, retry || genCtx.Err() != nil)
+		return err
 	}
 	t.Carry()
 	if err := d.setDNS(ctx, servers); err != nil {
-		d.abandon(ctx)
+		d.abandon(ctx, retry || genCtx.Err() != nil)
 		return err
 	}
+	d.dropResolvers(ctx, s, addrs, doc, tunneled)
 	d.setStatusIf(gen, func(st *control.Status) {
 		st.State, st.Mode, st.Entry, st.Exit, st.Error = control.StateConnected, tg.Mode, entryID, exitID, ""
 	})
@@ -612,11 +629,33 @@ func (d *Daemon) teardown(ctx context.Context, meantUp bool) {
 
 // abandon undoes a bringUp that failed once its tunnel was current (the
 // routes or DNS could not be set): a failed connection must not leave a
-// tunnel carrying traffic, routes into it or a resolver set through it
-// behind a status that says it failed. The kill switch stays as it is,
-// since the user still means to be connected. It gets a time of its own,
-// as the attempt's may be what ran out. Called with op held.
-func (d *Daemon) abandon(ctx context.Context) {
+// tunnel carrying traffic behind a status that says it failed. The kill
+// switch stays as it is, since the user still means to be connected.
+//
+// With keep (the attempt will be retried, or whoever called it off takes
+// over) only the tunnel goes. The routes and DNS stay as they are, the
+// dead tunnel's or this one's: they lead into the TUN, which nobody
+// reads until the next tunnel takes it, so that traffic and lookups are
+// dropped there meanwhile, as after any other failed attempt, instead of
+// leaving in the clear (to the machine's own resolver, too) while the
+// retry backs off, which without the kill switch nothing would stop. The
+// next attempt sets them again; a disconnect removes them.
+//
+// Without keep the failure is final and the user sees it: the routes and
+// DNS go too, so that the machine works without the tunnel. It gets a
+// time of its own, as the attempt's may be what ran out. Called with op
+// held.
+func (d *Daemon) abandon(ctx context.Context, keep bool) {
+	if keep {
+		d.mu.Lock()
+		cur := d.cur
+		d.cur = nil
+		d.mu.Unlock()
+		if cur != nil {
+			cur.Close()
+		}
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abandonTimeout)
 	defer cancel()
 	d.release(ctx)
@@ -626,24 +665,28 @@ func (d *Daemon) abandon(ctx context.Context) {
 const abandonTimeout = 5 * time.Second
 
 // release closes the current tunnel and removes its routes and DNS.
-// Called with op held.
+// DNS goes first: while it still points at the tunnel's resolvers, their
+// routes must lead into the TUN, not to whatever network has their
+// addresses. Called with op held.
 func (d *Daemon) release(ctx context.Context) {
 	d.mu.Lock()
 	cur := d.cur
 	d.cur = nil
 	dnsOn := d.dnsOn
-	d.dnsOn = false
 	d.mu.Unlock()
 	if cur != nil {
 		cur.Close()
-	}
-	if err := d.cfg.Router.Set(ctx, router.Config{Interface: d.ifname}); err != nil {
-		d.log.Warn("removing routes", "err", err)
 	}
 	if dnsOn {
 		if err := d.cfg.DNS.Restore(); err != nil {
 			d.log.Warn("restoring DNS", "err", err)
 		}
+		d.mu.Lock()
+		d.dnsOn, d.resolving = false, nil
+		d.mu.Unlock()
+	}
+	if err := d.cfg.Router.Set(ctx, router.Config{Interface: d.ifname}); err != nil {
+		d.log.Warn("removing routes", "err", err)
 	}
 }
 

@@ -100,8 +100,20 @@ func TestConnectAnonymousAndDisconnect(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatal("no answer through the tunnel")
 	}
-	// The watcher reads a real tunnel's progress as it does a fake's.
+	// The watcher reads a real tunnel's progress as it does a fake's: a
+	// check an hour after another, with loops returned in between, finds
+	// the tunnel alive. The loops must have returned since the first
+	// check, not merely been sent: loops in flight at it and none back by
+	// the next would be an hour's silence, rightly judged dead.
 	d.checkAlive(time.Hour)
+	heard := d.Stats().LoopsReturned
+	deadline := time.Now().Add(20 * time.Second)
+	for d.Stats().LoopsReturned == heard {
+		if time.Now().After(deadline) {
+			t.Fatalf("no loop returned in 20 s: %+v", d.Stats())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	d.checkAlive(2 * time.Hour)
 	if st := d.Status(); st.State != control.StateConnected {
 		t.Fatalf("a live anonymous tunnel was judged: %+v", st)

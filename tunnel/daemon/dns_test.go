@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -72,16 +73,38 @@ func TestResolvers(t *testing.T) {
 	}
 }
 
+// steps records, in order, what the platform was told.
+type steps struct {
+	mu   sync.Mutex
+	seen []string
+}
+
+func (s *steps) add(step string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.seen = append(s.seen, step)
+}
+
+func (s *steps) all() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.seen)
+}
+
 // failingRouter fails to set routes into a tunnel while fail is on, and
 // does everything else as the fake does.
 type failingRouter struct {
 	*router.Fake
-	fail atomic.Bool
+	fail  atomic.Bool
+	steps *steps
 }
 
 func (f *failingRouter) Set(ctx context.Context, cfg router.Config) error {
 	if f.fail.Load() && len(cfg.Addresses) > 0 {
 		return errors.New("netlink said no")
+	}
+	if len(cfg.Addresses) == 0 {
+		f.steps.add("routes removed")
 	}
 	return f.Fake.Set(ctx, cfg)
 }
@@ -92,6 +115,7 @@ type failingDNS struct {
 	dns.Fake
 	fail     atomic.Bool
 	restores atomic.Int32
+	steps    *steps
 }
 
 func (f *failingDNS) Set(ctx context.Context, cfg dns.Config) error {
@@ -106,6 +130,7 @@ func (f *failingDNS) Set(ctx context.Context, cfg dns.Config) error {
 
 func (f *failingDNS) Restore() error {
 	f.restores.Add(1)
+	f.steps.add("DNS restored")
 	return f.Fake.Restore()
 }
 
@@ -116,6 +141,7 @@ type dnsRig struct {
 	dc     *failingDNS
 	fw     *firewall.Fake
 	net    *fakeNet
+	steps  *steps
 	events <-chan control.Event
 }
 
@@ -125,7 +151,8 @@ func newDNSRig(t *testing.T, settings string, doc *directory.Document) *dnsRig {
 	if err := os.WriteFile(filepath.Join(dir, "system.json"), []byte(settings), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	r := &dnsRig{rt: &failingRouter{Fake: &router.Fake{}}, dc: &failingDNS{}, fw: &firewall.Fake{}, net: &fakeNet{}}
+	st := &steps{}
+	r := &dnsRig{rt: &failingRouter{Fake: &router.Fake{}, steps: st}, dc: &failingDNS{steps: st}, fw: &firewall.Fake{}, net: &fakeNet{}, steps: st}
 	d, err := New(Config{
 		Device: tuntest.NewChannelTUN().TUN(), DirectoryURL: "http://192.0.2.2:8080", DirectoryKey: make([]byte, 32),
 		SystemSettings: filepath.Join(dir, "system.json"), Settings: filepath.Join(dir, "settings.json"),
@@ -180,10 +207,12 @@ func waitStates(t *testing.T, events <-chan control.Event, states ...control.Sta
 	}
 }
 
-// With no dns_servers, the exit's resolvers are set, and they go when
-// the tunnel does.
+// With no dns_servers, the exit's resolvers are set, and routed into
+// the tunnel ahead of the LAN, whose ranges an exit's resolver may share;
+// they go when the tunnel does, DNS before the routes that keep its
+// lookups in the tunnel.
 func TestConnectUsesExitDNS(t *testing.T) {
-	r := newDNSRig(t, `{}`, testDoc)
+	r := newDNSRig(t, `{"allow_lan": true}`, testDoc)
 	if st := r.connect(t); st.State != control.StateConnected {
 		t.Fatalf("status %+v", st)
 	}
@@ -191,11 +220,57 @@ func TestConnectUsesExitDNS(t *testing.T) {
 	if !ok || !slices.Equal(c.Servers, testDoc.ByID("exit1").DNS) || c.Interface == "" {
 		t.Fatalf("DNS %+v %v, want exit1's %v", c, ok, testDoc.ByID("exit1").DNS)
 	}
+	if rc, _ := r.rt.Current(); !slices.Equal(rc.Tunnel, prefixes("192.0.2.80/32")) || len(rc.AllowLAN) == 0 {
+		t.Fatalf("routes %+v: the resolver is not routed into the tunnel", rc)
+	}
 	if err := r.d.Disconnect(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if _, on := r.dc.Current(); on {
 		t.Fatal("DNS not restored at disconnect")
+	}
+	if rc, _ := r.rt.Current(); len(rc.Tunnel) != 0 {
+		t.Fatalf("routes after disconnect %+v", rc)
+	}
+	// The first restore is the one at start.
+	if got := r.steps.all(); !slices.Equal(got, []string{"DNS restored", "DNS restored", "routes removed"}) {
+		t.Fatalf("the platform was told %v, want DNS restored at start, then at disconnect before the routes were removed", got)
+	}
+}
+
+// An exit that provides no resolver is passed over when the choice
+// allows another, and one pinned fails the attempt before any tunnel is
+// built through it.
+func TestConnectPassesOverExitsWithoutDNS(t *testing.T) {
+	doc := &directory.Document{Nodes: []directory.Descriptor{
+		{ID: "entry1", Role: directory.RoleEntry, Address: "192.0.2.11:1789"},
+		{ID: "bare", Role: directory.RoleExit, Address: "192.0.2.50:1789"},
+		{ID: "exit1", Role: directory.RoleExit, Address: "192.0.2.51:1789", DNS: addrs("10.64.0.1")},
+	}}
+	r := newDNSRig(t, `{}`, doc)
+	for range 10 {
+		if st := r.connect(t); st.State != control.StateConnected || st.Exit != "exit1" {
+			t.Fatalf("status %+v", st)
+		}
+		if err := r.d.Disconnect(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tg := range r.net.tried() {
+		if tg.Exit != "exit1" {
+			t.Fatalf("a tunnel was tried through %q", tg.Exit)
+		}
+	}
+	tried := len(r.net.tried())
+	if err := r.d.Connect(context.Background(), control.ModeFast, "", "bare"); err != nil {
+		t.Fatal(err)
+	}
+	st := waitStates(t, r.events, control.StateConnected, control.StateError)
+	if st.State != control.StateError || !strings.Contains(st.Error, `no DNS server: set dns_servers or choose an exit that provides one (exit "bare" provides none)`) {
+		t.Fatalf("status %+v", st)
+	}
+	if n := len(r.net.tried()); n != tried {
+		t.Fatalf("%d tunnels tried through an exit without DNS", n-tried)
 	}
 }
 
@@ -210,9 +285,9 @@ func TestConnectPrefersSettingsDNS(t *testing.T) {
 	}
 }
 
-// With neither, connecting fails and says what to do, and nothing of the
-// tunnel is left behind: no routes, no DNS, the tunnel closed. The kill
-// switch stays, since the user still means to be connected.
+// With neither, connecting fails and says what to do, before any tunnel
+// is built, and nothing of the tunnel is left behind: no routes, no DNS.
+// The kill switch stays, since the user still means to be connected.
 func TestConnectWithoutDNSFails(t *testing.T) {
 	bare := &directory.Document{Nodes: []directory.Descriptor{
 		{ID: "entry1", Role: directory.RoleEntry, Address: "192.0.2.11:1789"},
@@ -224,6 +299,9 @@ func TestConnectWithoutDNSFails(t *testing.T) {
 		t.Fatalf("status %+v", st)
 	}
 	r.wantNothingLeft(t)
+	if n := len(r.net.tried()); n != 0 {
+		t.Fatalf("%d tunnels tried through an exit without DNS", n)
+	}
 }
 
 // A DNS that cannot be set, once the tunnel is current and routed, takes
@@ -260,6 +338,77 @@ func TestRoutesFailureTearsDown(t *testing.T) {
 		t.Fatalf("status %+v", st)
 	}
 	r.wantNothingLeft(t)
+}
+
+// A routes or DNS step that fails in an attempt that will be retried
+// takes down only its tunnel: the routes and DNS stay in the tunnel, so
+// that while the retry waits, traffic and lookups are dropped in the TUN
+// rather than sent in the clear, which without the kill switch nothing
+// would stop. The retry that works replaces them.
+func TestRetriedAttemptKeepsRoutesAndDNS(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		fail func(r *dnsRig, on bool)
+		err  string
+	}{
+		{"routes", func(r *dnsRig, on bool) { r.rt.fail.Store(on) }, "netlink said no"},
+		{"DNS", func(r *dnsRig, on bool) { r.dc.fail.Store(on) }, "resolved said no"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := newDNSRig(t, `{"kill_switch": false}`, testDoc)
+			if st := r.connect(t); st.State != control.StateConnected {
+				t.Fatalf("status %+v", st)
+			}
+			restores, since := r.dc.restores.Load(), len(r.rt.Configs())
+			c.fail(r, true)
+			r.d.networkChanged("test")
+			for failed := 0; failed < 3; {
+				st := waitStates(t, r.events, control.StateReconnecting, control.StateError, control.StateConnected)
+				if st.State != control.StateReconnecting {
+					t.Fatalf("status %+v", st)
+				}
+				if strings.Contains(st.Error, c.err) {
+					failed++
+				}
+			}
+			// Between attempts: no tunnel, but its routes and DNS.
+			r.d.op.Lock()
+			r.d.mu.Lock()
+			cur := r.d.cur
+			r.d.mu.Unlock()
+			for i, tn := range r.net.opened() {
+				if !tn.closed.Load() {
+					t.Errorf("tunnel %d left open", i)
+				}
+			}
+			rc, routed := r.rt.Current()
+			dc, dnsOn := r.dc.Current()
+			r.d.op.Unlock()
+			if cur != nil {
+				t.Error("a failed tunnel is still current")
+			}
+			for _, rc := range r.rt.Configs()[since:] {
+				if len(rc.Addresses) == 0 || !rc.RouteIPv4 {
+					t.Fatalf("the routes came down between attempts: %+v", rc)
+				}
+			}
+			if !routed || len(rc.Addresses) == 0 || !slices.Equal(rc.Tunnel, prefixes("192.0.2.80/32")) {
+				t.Errorf("routes between attempts %+v", rc)
+			}
+			if n := r.dc.restores.Load(); n != restores || !dnsOn || !slices.Equal(dc.Servers, addrs("192.0.2.80")) {
+				t.Errorf("DNS between attempts %+v %v, restored %d times", dc, dnsOn, n-restores)
+			}
+
+			c.fail(r, false)
+			waitStates(t, r.events, control.StateConnected)
+			if rc, _ := r.rt.Current(); len(rc.Addresses) == 0 {
+				t.Fatalf("routes %+v", rc)
+			}
+			if _, on := r.dc.Current(); !on {
+				t.Fatal("no DNS")
+			}
+		})
+	}
 }
 
 // wantNothingLeft checks that a failed connection left no tunnel, routes

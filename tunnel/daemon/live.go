@@ -14,7 +14,8 @@ import (
 	"github.com/mixvpn/mixvpn/tunnel/control"
 )
 
-// routeConfig is the routing of a tunnel with addrs under s.
+// routeConfig is the routing of a tunnel with addrs under s, whose DNS
+// goes to servers.
 //
 // With ipv6 off the tunnel carries no IPv6, and IPv6 is blocked rather
 // than left to the main table: a user who turns IPv6 off means it not to
@@ -26,7 +27,15 @@ import (
 // still go by the main table. The TUN gets no IPv6 address then, so
 // nothing takes it for a way out, and connections on one it had are
 // aborted when ipv6 goes off.
-func (d *Daemon) routeConfig(s control.Settings, addrs []netip.Prefix, doc *directory.Document) router.Config {
+//
+// The servers always go into the TUN, ahead of the LAN and the
+// connected subnets: an exit's may well have a private address (one
+// inside its tunnel network, say 10.64.0.1) that the LAN, or a docker or
+// libvirt bridge, also covers, and the main table would then send every
+// lookup there in the clear, which the kill switch lets through with
+// allow_lan. A resolver the user named goes into the tunnel too, as
+// resolvers promises.
+func (d *Daemon) routeConfig(s control.Settings, addrs []netip.Prefix, doc *directory.Document, servers []netip.Addr) router.Config {
 	rc := router.Config{Interface: d.ifname, RouteIPv4: true, RouteIPv6: s.IPv6, BlockIPv6: !s.IPv6, Bypass: d.bypass(doc)}
 	for _, a := range addrs {
 		if a.Addr().Is6() && !a.Addr().Is4In6() && !s.IPv6 {
@@ -36,6 +45,10 @@ func (d *Daemon) routeConfig(s control.Settings, addrs []netip.Prefix, doc *dire
 	}
 	if s.AllowLAN {
 		rc.AllowLAN = firewall.DefaultLAN()
+	}
+	for _, a := range servers {
+		a = a.Unmap()
+		rc.Tunnel = append(rc.Tunnel, netip.PrefixFrom(a, a.BitLen()))
 	}
 	return rc
 }
@@ -199,6 +212,9 @@ func (d *Daemon) applyLocked(s control.Settings, ch change) (live bool, gen uint
 // settings itself. It gets a time of its own, since a request cancelled
 // half way would leave the routes half changed.
 //
+// The routes are set again when either changes, since they take the
+// resolvers into the tunnel.
+//
 // Should the routes or DNS fail, the tunnel is brought up again from
 // scratch, with retries, as after a network change: a kill switch keeps
 // blocking meanwhile, and a tunnel whose routes or DNS are half what they
@@ -216,16 +232,22 @@ func (d *Daemon) reapply(ctx context.Context, gen uint64, ch change) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), applyTimeout)
 	defer cancel()
 	addrs, _, exitID := cur.Info()
+	d.mu.Lock()
+	servers := slices.Clone(d.resolving)
+	d.mu.Unlock()
 	var err error
-	if ch.routes {
-		if rerr := d.cfg.Router.Set(ctx, d.routeConfig(s, addrs, doc)); rerr != nil {
-			err = fmt.Errorf("routes: %w", rerr)
-		}
+	if ch.dns {
+		servers, err = resolvers(s, doc, exitID)
+	}
+	// New resolvers need their routes into the tunnel before DNS points
+	// at them, whether or not the rest of the routes changed.
+	var tunneled []netip.Addr
+	if err == nil {
+		tunneled, err = d.setRoutes(ctx, s, addrs, doc, servers)
 	}
 	if err == nil && ch.dns {
-		var servers []netip.Addr
-		if servers, err = resolvers(s, doc, exitID); err == nil {
-			err = d.setDNS(ctx, servers)
+		if err = d.setDNS(ctx, servers); err == nil {
+			d.dropResolvers(ctx, s, addrs, doc, tunneled)
 		}
 	}
 	if err == nil {

@@ -20,6 +20,14 @@ var (
 	tunnel6 = netip.MustParsePrefix("fd64::2/128")
 )
 
+func prefixes(ss ...string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range ss {
+		out = append(out, netip.MustParsePrefix(s))
+	}
+	return out
+}
+
 // With ipv6 off, IPv6 is blocked, not left to the main table, whether
 // the kill switch is on or not; the LAN rules still cover IPv6's.
 func TestIPv6OffBlocksIPv6(t *testing.T) {
@@ -109,19 +117,35 @@ func TestSetSettingsAppliesLive(t *testing.T) {
 		t.Fatalf("routes with ipv6 off %+v", rc)
 	}
 
+	// New resolvers go into the tunnel before DNS points at them, and
+	// the old ones leave it only once DNS no longer does.
+	exit1DNS, own := prefixes("192.0.2.80/32"), prefixes("9.9.9.9/32")
+	tunneled := func(step string, want ...[]netip.Prefix) {
+		t.Helper()
+		cfgs := r.rt.Configs()
+		for i, w := range want {
+			if got := cfgs[len(cfgs)-len(want)+i].Tunnel; !slices.Equal(got, w) {
+				t.Fatalf("%s: routes set %d of %d into the tunnel %v, want %v", step, i+1, len(want), got, w)
+			}
+		}
+	}
+	tunneled("before", exit1DNS)
 	r.set(t, func(s *control.Settings) { s.DNSServers = addrs("9.9.9.9") })
-	same("dns_servers", 2, 2)
+	same("dns_servers", 4, 2)
 	if got := dnsServers(); !slices.Equal(got, addrs("9.9.9.9")) {
 		t.Fatalf("DNS %v", got)
 	}
+	tunneled("dns_servers", slices.Concat(exit1DNS, own), own)
 	r.set(t, func(s *control.Settings) { s.DNSServers = nil })
-	same("dns_servers back to the exit's", 2, 3)
+	same("dns_servers back to the exit's", 6, 3)
 	if got := dnsServers(); !slices.Equal(got, testDoc.ByID("exit1").DNS) {
 		t.Fatalf("DNS %v", got)
 	}
+	tunneled("dns_servers back to the exit's", slices.Concat(own, exit1DNS), exit1DNS)
 
 	r.set(t, func(s *control.Settings) { s.IPv6 = true })
-	same("ipv6 on", 3, 4)
+	same("ipv6 on", 7, 4)
+	tunneled("ipv6 on", exit1DNS)
 	if rc := routes(); !rc.RouteIPv6 || rc.BlockIPv6 || !slices.Equal(rc.Addresses, []netip.Prefix{tunnel4, tunnel6}) {
 		t.Fatalf("routes with ipv6 on %+v", rc)
 	}
@@ -129,11 +153,11 @@ func TestSetSettingsAppliesLive(t *testing.T) {
 	// The rates do not shape a Fast tunnel, and auto_connect matters at
 	// start only.
 	r.set(t, func(s *control.Settings) { s.MixRate, s.AutoConnect = 300, true })
-	same("mix_rate in Fast mode", 3, 4)
+	same("mix_rate in Fast mode", 7, 4)
 	r.killSwitchStayedOn(t, removes)
 
 	r.set(t, func(s *control.Settings) { s.KillSwitch = false })
-	same("kill_switch off", 3, 4)
+	same("kill_switch off", 7, 4)
 	if _, on := r.fw.Active(); on {
 		t.Fatal("the kill switch stayed on")
 	}
