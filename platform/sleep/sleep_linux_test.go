@@ -3,11 +3,8 @@
 package sleep
 
 import (
-	"bufio"
 	"context"
 	"log/slog"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -15,6 +12,7 @@ import (
 	"time"
 
 	"github.com/godbus/dbus/v5"
+	"github.com/mixvpn/mixvpn/platform/dbustest"
 )
 
 func TestTrackerReadsSignals(t *testing.T) {
@@ -67,54 +65,7 @@ func startBus(t *testing.T) (string, func()) {
 // test can start another where one it killed was.
 func startBusIn(t *testing.T, dir string) (string, func()) {
 	t.Helper()
-	bin, err := exec.LookPath("dbus-daemon")
-	if err != nil {
-		t.Skip("needs dbus-daemon from the dbus package; TestTrackerReadsSignals still covers reading the signals")
-	}
-	cfg := filepath.Join(dir, "bus.conf")
-	if err := os.WriteFile(cfg, []byte(`<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:path=`+filepath.Join(dir, "bus")+`</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>
-`), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "--config-file="+cfg, "--nofork", "--print-address")
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	kill := func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	}
-	t.Cleanup(kill)
-	addr := make(chan string, 1)
-	go func() {
-		line, _ := bufio.NewReader(stdout).ReadString('\n')
-		addr <- strings.TrimSpace(line)
-	}()
-	select {
-	case a := <-addr:
-		if a == "" {
-			t.Fatal("dbus-daemon printed no address")
-		}
-		return a, kill
-	case <-time.After(10 * time.Second):
-		t.Fatal("dbus-daemon did not start within 10s")
-	}
-	return "", nil
+	return dbustest.StartIn(t, dir, "TestTrackerReadsSignals still covers reading the signals")
 }
 
 // connect opens a test connection to the bus, owning names if given.
