@@ -165,12 +165,20 @@ func run(ctx context.Context, o options) error {
 		dev.Close()
 		return err
 	}
+	// The control API stops with the daemon, which may stop by itself
+	// (dns.ErrNeedsRestart).
+	serveCtx, stopServing := context.WithCancel(ctx)
+	defer stopServing()
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ctx, ln) }()
+	go func() { errc <- srv.Serve(serveCtx, ln) }()
 	log.Info("mixvpnd running", "tun", o.tun, "socket", o.socket, "directory", o.directory)
 	err = d.Run(ctx)
+	stopServing()
 	if serr := <-errc; err == nil && serr != nil && !errors.Is(serr, context.Canceled) {
 		err = serr
+	}
+	if errors.Is(err, dns.ErrNeedsRestart) {
+		err = fmt.Errorf("exiting for systemd to start the daemon again (Restart=always), which reconnects if the tunnel was up; use systemd-resolved to avoid this: %w", err)
 	}
 	return err
 }

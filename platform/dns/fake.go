@@ -47,6 +47,14 @@ func (f *Fake) Restore() error {
 	return nil
 }
 
+// SetErr sets Err, for a test that makes DNS fail under a running user
+// of the Fake.
+func (f *Fake) SetErr(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.Err = err
+}
+
 // Current returns the configuration in force, if any.
 func (f *Fake) Current() (Config, bool) {
 	f.mu.Lock()

@@ -152,6 +152,12 @@ type Daemon struct {
 	// retry is whether gen's attempt retries its failures, so that one
 	// started over for new settings keeps doing so.
 	retry bool
+
+	// restart is closed, and restartErr set, once the system's DNS can
+	// be set or restored only by a new process (dns.ErrNeedsRestart):
+	// Run then stops the daemon and returns restartErr.
+	restart    chan struct{}
+	restartErr error
 }
 
 // New builds a daemon. It loads the settings and what the user last asked
@@ -194,7 +200,7 @@ func New(cfg Config) (*Daemon, error) {
 	}
 	d := &Daemon{cfg: cfg, rc: cfg.Reconnect.withDefaults(), log: log, ifname: name, settings: s, target: tg,
 		subs: map[chan control.Event]struct{}{}, failed: failures{}, clock: newSystemClock(), ready: make(chan struct{}),
-		dirEP: dirEP, mark: router.FwMark}
+		restart: make(chan struct{}), dirEP: dirEP, mark: router.FwMark}
 	d.dial, d.web = d.markedDial, d.newHTTPClient()
 	d.dir = &directory.Fetcher{URL: cfg.DirectoryURL, Key: cfg.DirectoryKey, Client: d.web}
 	d.open = d.newTunnel
@@ -208,6 +214,11 @@ func New(cfg Config) (*Daemon, error) {
 // the tunnel down and restores the system, except that lockdown's
 // blocking rules stay, and remembers whether the tunnel was meant to be
 // up for the next start.
+//
+// It stops in the same way, and returns an error wrapping
+// dns.ErrNeedsRestart, when the system's DNS can be set or restored only
+// by a new process: systemd starts one (Restart=always), which comes
+// back connected if the tunnel was meant to be up.
 func (d *Daemon) Run(ctx context.Context) error {
 	d.shared = tunnel.NewShared(d.cfg.Device)
 	defer d.shared.Close()
@@ -217,8 +228,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 	defer d.cfg.Router.Close()
 	// Undo what a crashed daemon left: the original resolv.conf comes
 	// back from its backup. Failing that is no reason not to start; the
-	// next Restore tries again.
-	if err := d.cfg.DNS.Restore(); err != nil {
+	// next Restore tries again. Unless only a new process can do it.
+	if err := d.cfg.DNS.Restore(); d.needsRestart(err) {
+		return d.restartError()
+	} else if err != nil {
 		d.log.Warn("restoring the DNS a crashed run left", "err", err)
 	}
 	d.mu.Lock()
@@ -237,15 +250,46 @@ func (d *Daemon) Run(ctx context.Context) error {
 		d.startLocked(tg, tg, control.StateConnecting, "", true)
 	}
 	d.mu.Unlock()
+	watchCtx, stopWatching := context.WithCancel(ctx)
+	defer stopWatching()
 	watched := make(chan struct{})
 	go func() {
 		defer close(watched)
-		d.watch(ctx)
+		d.watch(watchCtx)
 	}()
-	<-ctx.Done()
+	select {
+	case <-ctx.Done():
+	case <-d.restart:
+	}
+	stopWatching()
 	<-watched
 	d.shutdown()
-	return nil
+	return d.restartError()
+}
+
+// needsRestart reports whether err, from setting or restoring the
+// system's DNS, is one that only a new process gets past
+// (dns.ErrNeedsRestart). If so it has Run stop the daemon as on a stop,
+// keeping the target so that the next process comes back to it.
+func (d *Daemon) needsRestart(err error) bool {
+	if !errors.Is(err, dns.ErrNeedsRestart) {
+		return false
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.restartErr == nil {
+		d.log.Error("stopping: only a new daemon can set the system's DNS; systemd starts one, which reconnects if the tunnel was meant to be up", "err", err)
+		d.restartErr = fmt.Errorf("daemon: %w", err)
+		close(d.restart)
+	}
+	return true
+}
+
+// restartError is the error Run returns: restartErr, or nil.
+func (d *Daemon) restartError() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.restartErr
 }
 
 // shutdown takes the tunnel down when the daemon stops, but keeps the
@@ -678,7 +722,7 @@ func (d *Daemon) release(ctx context.Context) {
 		cur.Close()
 	}
 	if dnsOn {
-		if err := d.cfg.DNS.Restore(); err != nil {
+		if err := d.cfg.DNS.Restore(); err != nil && !d.needsRestart(err) {
 			d.log.Warn("restoring DNS", "err", err)
 		}
 		d.mu.Lock()

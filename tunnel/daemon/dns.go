@@ -69,6 +69,14 @@ func (d *Daemon) setDNS(ctx context.Context, servers []netip.Addr) error {
 	d.resolving = union(d.resolving, servers)
 	d.mu.Unlock()
 	if err := d.cfg.DNS.Set(ctx, dns.Config{Servers: servers, Interface: d.ifname}); err != nil {
+		if d.needsRestart(err) {
+			// Not again in this process: the attempt, or the reconnect
+			// a failed change of settings would start, is called off,
+			// and the stop that follows removes the routes and DNS.
+			d.mu.Lock()
+			d.supersedeLocked()
+			d.mu.Unlock()
+		}
 		return fmt.Errorf("DNS: %w", err)
 	}
 	d.mu.Lock()

@@ -205,6 +205,9 @@ type rig struct {
 	clk    *fakeClock
 	events <-chan control.Event
 	dir    string
+	// done has what Run returned, unless ended took it.
+	done  chan error
+	ended bool
 }
 
 // testDoc's exit advertises a resolver, which the daemon uses when the
@@ -256,16 +259,31 @@ func newRigOn(t *testing.T, doc *directory.Document, dir, settings string, opts 
 	var stop func()
 	r.events, stop = d.Subscribe()
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
+	r.done = make(chan error, 1)
+	go func() { r.done <- d.Run(ctx) }()
 	t.Cleanup(func() {
 		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
+		if !r.ended {
+			if err := <-r.done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
 		}
 		stop()
 	})
 	return r
+}
+
+// end waits for Run to return by itself and returns what it did.
+func (r *rig) end(t *testing.T) error {
+	t.Helper()
+	select {
+	case err := <-r.done:
+		r.ended = true
+		return err
+	case <-time.After(10 * time.Second):
+		t.Fatalf("Run did not return; status %+v", r.d.Status())
+		return nil
+	}
 }
 
 // watching waits until the watcher listens to the monitor, which Run
