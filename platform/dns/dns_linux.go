@@ -13,8 +13,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -77,6 +75,7 @@ type linuxConfigurator struct {
 	backup     string
 	note       string // backup+noteSuffix
 	busAddr    string
+	start      fileID // resolv.conf as New found it (see needsRestart)
 
 	mu      sync.Mutex
 	mode    mode
@@ -103,6 +102,7 @@ func New(opts Options) (Configurator, error) {
 		c.backup = DefaultBackup
 	}
 	c.note = c.backup + noteSuffix
+	c.start = probeFile(c.resolvConf)
 	if _, err := os.Lstat(c.backup); err == nil {
 		c.log.Warn("found the resolv.conf backup of an earlier run that did not restore it; Restore will put it back", "backup", c.backup)
 	}
@@ -296,9 +296,9 @@ func (c *linuxConfigurator) setFile(cfg Config) error {
 // that the backup is the original to go back to: it starts with the full
 // header line, or a write in place was under way (the note is there) and
 // the file holds a part of what was being written, as a crash in the
-// middle leaves it. Anything else, an empty file or a part of the header
-// included, is someone else's, written since the backup was taken, and
-// stays. A missing file counts as ours, since nobody put anything newer
+// middle leaves it, or, with no note, the file is the header line cut
+// short (see cutHeader). Anything else, an empty file included, is
+// someone else's, written since the backup was taken, and stays. A missing file counts as ours, since nobody put anything newer
 // there; a symlink does not, since Set replaces links with files.
 func (c *linuxConfigurator) ours() (bool, error) {
 	fi, err := os.Lstat(c.resolvConf)
@@ -320,11 +320,32 @@ func (c *linuxConfigurator) ours() (bool, error) {
 	note, err := os.ReadFile(c.note)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return false, nil
+		// Versions before the note left no note: a crash of theirs in
+		// the middle of a write leaves the header cut short.
+		return c.cutHeader(data), nil
 	case err != nil:
 		return false, fmt.Errorf("dns: %w", err)
 	}
 	return bytes.HasPrefix(note, data), nil
+}
+
+// minCutHeader is the least of the header line that a file must hold to
+// count as a write of it cut short: less could be anyone's comment.
+const minCutHeader = 8
+
+// cutHeader reports whether data is the header line naming this backup
+// cut short, as a crash of a version that wrote no note (see writeNoted)
+// in the middle of writing leaves it.
+func (c *linuxConfigurator) cutHeader(data []byte) bool {
+	h := headerLine(c.backup)
+	return len(data) >= minCutHeader && len(data) < len(h) && strings.HasPrefix(h, string(data))
+}
+
+// mixvpns reports whether data is a resolv.conf that mixvpn wrote, for
+// this backup or another, or the header of one cut short: never an
+// original to back up.
+func (c *linuxConfigurator) mixvpns(data []byte) bool {
+	return bytes.HasPrefix(data, []byte(ownHeader)) || c.cutHeader(data)
 }
 
 // readResolvConf reads resolv.conf, never through a symlink, and at most
@@ -417,51 +438,64 @@ func (c *linuxConfigurator) writeResolvConf(data []byte) error {
 
 // needsRestart returns the ErrNeedsRestart error for err, which writing
 // an existing resolv.conf in place failed with, if a restart of the
-// daemon would cure it; otherwise nil. It would for EROFS where only
-// this mount namespace makes the file read-only: under mixvpnd.service,
-// that is once the bind mount that let the daemon write resolv.conf went
-// with the file it was on, replaced by rename.
+// daemon would cure it; otherwise nil. It would for EROFS where the file
+// could be written when New looked at it and sits on another mount now:
+// under mixvpnd.service, the bind mount that let the daemon write
+// resolv.conf went with the file it was on, replaced by rename, and the
+// new file is on the read-only /etc. A file that was read-only from the
+// start (bound read-only in a container, a read-only file system) stays
+// so after a restart, and when in doubt, no restart is asked for: a
+// daemon that fails the same way at every start would restart for ever.
 func (c *linuxConfigurator) needsRestart(err error) error {
-	if !errors.Is(err, unix.EROFS) || !readOnlyHereOnly(c.resolvConf) {
+	if !errors.Is(err, unix.EROFS) || !c.start.writable {
+		return nil
+	}
+	now := probeFile(c.resolvConf)
+	if !now.regular || now.sameMount(c.start) {
 		return nil
 	}
 	return fmt.Errorf("%w (a new %s was renamed over the one its sandbox let it write, as dhclient, NetworkManager and resolvconf do, and sits on read-only %s; systemd-resolved avoids this): %w",
 		ErrNeedsRestart, c.resolvConf, filepath.Dir(c.resolvConf), err)
 }
 
-// readOnlyHereOnly reports whether path's mount is read-only but its file
-// system is not, so that another mount namespace, such as the one a
-// restarted service gets, may see it writable; on a file system that is
-// read-only itself no restart helps. When it cannot tell (no mount ID
-// from statx before Linux 5.8, no /proc) it says yes: the unit's
-// StartLimitBurst bounds restarts that do not help.
-func readOnlyHereOnly(path string) bool {
+// fileID is what needsRestart compares of resolv.conf: the mount it is
+// on, and whether it could be written.
+type fileID struct {
+	regular  bool
+	writable bool   // as the daemon sees it; only looked at by New
+	hasMnt   bool   // statx gave a mount ID (Linux 5.8 on)
+	mnt      uint64 // the mount ID
+	dev, ino uint64 // the file itself, where there is no mount ID
+}
+
+// probeFile looks at path, never through a symlink.
+func probeFile(path string) fileID {
 	var stx unix.Statx_t
-	if err := unix.Statx(unix.AT_FDCWD, path, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_MNT_ID, &stx); err != nil {
-		return false // gone: a restart would not make it writable either
+	err := unix.Statx(unix.AT_FDCWD, path, unix.AT_SYMLINK_NOFOLLOW,
+		unix.STATX_TYPE|unix.STATX_INO|unix.STATX_MNT_ID, &stx)
+	if err != nil || stx.Mask&unix.STATX_TYPE == 0 || stx.Mode&unix.S_IFMT != unix.S_IFREG {
+		return fileID{}
 	}
-	if stx.Mask&unix.STATX_MNT_ID == 0 {
-		return true
+	id := fileID{
+		regular: true,
+		hasMnt:  stx.Mask&unix.STATX_MNT_ID != 0,
+		mnt:     stx.Mnt_id,
+		dev:     unix.Mkdev(stx.Dev_major, stx.Dev_minor),
+		ino:     stx.Ino,
 	}
-	mounts, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return true
+	// access(2) fails with EROFS for a read-only mount or file system,
+	// and with EACCES where the daemon may not write the file.
+	id.writable = unix.Access(path, unix.W_OK) == nil
+	return id
+}
+
+// sameMount reports whether f is on the same mount as was; without
+// mount IDs, whether it is the same file.
+func (f fileID) sameMount(was fileID) bool {
+	if f.hasMnt && was.hasMnt {
+		return f.mnt == was.mnt
 	}
-	id := strconv.FormatUint(stx.Mnt_id, 10)
-	for line := range strings.Lines(string(mounts)) {
-		// ID parent major:minor root mount-point options [optional...]
-		// - type source super-options
-		f := strings.Fields(line)
-		if len(f) < 7 || f[0] != id {
-			continue
-		}
-		sep := slices.Index(f[6:], "-") + 6
-		if sep < 6 || sep+3 >= len(f) {
-			return true
-		}
-		return !slices.Contains(strings.Split(f[sep+3], ","), "ro")
-	}
-	return true
+	return f.dev == was.dev && f.ino == was.ino
 }
 
 // linkHint says what to do about a resolv.conf linking to target that
@@ -489,7 +523,9 @@ func accessHint(err error) string {
 // either (the file stays as it is, and the tunnel must have its DNS), so
 // Set goes on, with a warning, and the backup is lostOriginal: Restore
 // leaves a resolv.conf without servers, which sends no lookup anywhere,
-// for the network manager to replace.
+// for the network manager to replace. That placeholder never replaces a
+// backup already there (resolv.conf then names another backup): the
+// backup is kept as it is.
 func (c *linuxConfigurator) saveBackup() error {
 	if err := os.MkdirAll(filepath.Dir(c.backup), 0o700); err != nil {
 		return fmt.Errorf("dns: backup directory: %w", err)
@@ -515,7 +551,14 @@ func (c *linuxConfigurator) saveBackup() error {
 			break
 		}
 		perm := fi.Mode().Perm()
-		if bytes.HasPrefix(data, []byte(ownHeader)) {
+		if c.mixvpns(data) {
+			if _, berr := os.Lstat(c.backup); berr == nil {
+				// A backup there is the original, or as good as any:
+				// the placeholder must not take its place.
+				c.log.Warn("resolv.conf is mixvpn's own but does not name this backup; keeping the backup",
+					"resolv_conf", c.resolvConf, "backup", c.backup)
+				return nil
+			}
 			c.log.Warn("resolv.conf is mixvpn's own and the backup of the original is gone; when the tunnel stops, a resolv.conf without servers takes its place until the network manager writes one",
 				"resolv_conf", c.resolvConf, "backup", c.backup)
 			data, perm = []byte(lostOriginal), 0o644

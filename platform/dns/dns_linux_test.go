@@ -282,7 +282,7 @@ func TestFileEmptiedSinceIsKept(t *testing.T) {
 	ours := string(resolvConf(testConfig(), "/elsewhere"))
 	for _, c := range []struct{ what, note, left string }{
 		{"emptied", "", ""},
-		{"a part of the header", "", ownHeader[:10]},
+		{"a few bytes of the header", "", ownHeader[:minCutHeader-1]},
 		{"the header with another backup", "", ours},
 		{"rewritten beside a note", original, "nameserver 203.0.113.53\n"},
 	} {
@@ -419,6 +419,77 @@ func TestFileBackupLost(t *testing.T) {
 	}
 	if got := read(t, f.conf); got != "" {
 		t.Fatalf("restored:\n%s", got)
+	}
+}
+
+// A resolv.conf of mixvpn's that names another backup is no original,
+// but the backup already there is: Set keeps it rather than put the
+// placeholder for a lost original in its place.
+func TestFileOtherHeaderKeepsBackup(t *testing.T) {
+	f := newDirs(t)
+	if err := os.WriteFile(f.conf, []byte(original), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := f.configurator(t)
+	if err := c.Set(t.Context(), testConfig()); err != nil {
+		t.Fatal(err)
+	}
+	for _, left := range []string{string(resolvConf(testConfig(), "/elsewhere")), ownHeader} {
+		if err := os.WriteFile(f.conf, []byte(left), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Set(t.Context(), testConfig()); err != nil {
+			t.Fatal(err)
+		}
+		if got := read(t, f.backup); got != original {
+			t.Fatalf("backup after a Set over %q:\n%s", left, got)
+		}
+	}
+	if err := c.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(t, f.conf); got != original {
+		t.Fatalf("restored:\n%s", got)
+	}
+}
+
+// A version that wrote no note, crashing in the middle of a write, left
+// the header line cut short: that is still the tunnel's file, and the
+// original comes back over it.
+func TestFileCutHeaderWithoutNote(t *testing.T) {
+	for _, n := range []int{minCutHeader, len(ownHeader) + 3, len(headerLine("x")) - 1} {
+		f := newDirs(t)
+		if err := os.WriteFile(f.conf, []byte(original), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.configurator(t).Set(t.Context(), testConfig()); err != nil {
+			t.Fatal(err)
+		}
+		cut := headerLine(f.backup)[:n]
+		if err := os.WriteFile(f.conf, []byte(cut), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		// The next run's Set keeps the backup, and its Restore puts the
+		// original back.
+		c := f.configurator(t)
+		if err := c.Set(t.Context(), testConfig()); err != nil {
+			t.Fatal(err)
+		}
+		if got := read(t, f.backup); got != original {
+			t.Fatalf("%q: backup:\n%s", cut, got)
+		}
+		if err := os.WriteFile(f.conf, []byte(cut), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.configurator(t).Restore(); err != nil {
+			t.Fatal(err)
+		}
+		if got := read(t, f.conf); got != original {
+			t.Fatalf("%q: restored:\n%s", cut, got)
+		}
+		if names := entries(t, f.state); len(names) != 0 {
+			t.Fatalf("files left in the state directory: %v", names)
+		}
 	}
 }
 
@@ -568,6 +639,38 @@ func sandboxChild(t *testing.T, spec string) {
 	if names := entries(t, state); len(names) != 0 {
 		t.Fatalf("files left in the state directory: %v", names)
 	}
+
+	// A resolv.conf bound read-only from the start, as in a container
+	// (mount --bind -o ro), on a file system that is not: a restart
+	// would find it as read-only, so Set fails plainly rather than ask
+	// for one, which would restart the daemon for ever.
+	ro := files{etc: t.TempDir(), state: state}
+	ro.conf, ro.backup = filepath.Join(ro.etc, "resolv.conf"), filepath.Join(state, "resolv.conf.backup")
+	if err := os.WriteFile(ro.conf, []byte(original), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount(ro.conf, ro.conf, "", syscall.MS_BIND, ""); err != nil {
+		t.Fatalf("bind resolv.conf: %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(ro.conf, syscall.MNT_DETACH) })
+	if err := syscall.Mount("", ro.conf, "", syscall.MS_REMOUNT|syscall.MS_BIND|syscall.MS_RDONLY, ""); err != nil {
+		t.Fatalf("read-only remount of resolv.conf: %v", err)
+	}
+	c = ro.configurator(t)
+	err = c.Set(t.Context(), testConfig())
+	if err == nil || errors.Is(err, ErrNeedsRestart) || !errors.Is(err, syscall.EROFS) {
+		t.Fatalf("Set on a resolv.conf bound read-only from the start: %v", err)
+	}
+	t.Log(err)
+	if err := c.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(t, ro.conf); got != original {
+		t.Fatalf("resolv.conf bound read-only:\n%s", got)
+	}
+	if names := entries(t, state); len(names) != 0 {
+		t.Fatalf("files left in the state directory: %v", names)
+	}
 }
 
 // sandbox makes dirs read-only in the calling process's mount namespace
@@ -695,8 +798,9 @@ func replacedChild(t *testing.T, spec string) {
 		t.Fatalf("files left in the state directory: %v", names)
 	}
 
-	// Where the file system itself is read-only, a restart would not
-	// help, and Set does not ask for one.
+	// Where the file system itself went read-only, the file on the
+	// mount it was on, a restart would not help, and Set does not ask
+	// for one.
 	ro := t.TempDir()
 	if err := syscall.Mount("tmpfs", ro, "tmpfs", 0, "size=64k"); err != nil {
 		t.Fatalf("tmpfs: %v", err)
@@ -706,10 +810,11 @@ func replacedChild(t *testing.T, spec string) {
 	if err := os.WriteFile(r.conf, []byte(original), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// Writable when New looks, read-only later, on the same mount.
+	c = r.configurator(t)
 	if err := syscall.Mount("", ro, "", syscall.MS_REMOUNT|syscall.MS_RDONLY, ""); err != nil {
 		t.Fatalf("read-only remount of the tmpfs: %v", err)
 	}
-	c = r.configurator(t)
 	err = c.Set(t.Context(), testConfig())
 	if err == nil || errors.Is(err, ErrNeedsRestart) || !errors.Is(err, syscall.EROFS) {
 		t.Fatalf("Set on a read-only file system: %v", err)
