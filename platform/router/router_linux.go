@@ -189,19 +189,21 @@ func (r *linuxRouter) Set(ctx context.Context, cfg Config) error {
 	}
 	rules := r.wantRules(cfg)
 	// In priority order, so that the way out of a rule (the main table
-	// ahead of the catch-all into the TUN, the target of a goto) is in
-	// place before the rule is.
-	keys := slices.SortedFunc(maps.Keys(rules), func(a, b string) int {
-		return cmp.Or(cmp.Compare(rules[a].Priority, rules[b].Priority), strings.Compare(a, b))
-	})
-	for _, k := range keys {
+	// ahead of the catch-all into the TUN) is in place before the rule
+	// is; but gotos last, after their targets, which come after them in
+	// priority: the kernel ignores a goto whose target is missing, and
+	// until the target came, what the goto skips would take the rule
+	// after it (a resolver's into the TUN, say).
+	for _, k := range ruleOrder(rules, true) {
 		rule := rules[k]
 		if err := r.h.RuleAdd(&rule); err != nil && !errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("router: add rule %v: %w", rule, err)
 		}
 		r.rules[k] = rule
 	}
-	for k, rule := range r.rules {
+	// Stale gotos go first, for the same reason.
+	for _, k := range ruleOrder(r.rules, false) {
+		rule := r.rules[k]
 		if _, ok := rules[k]; ok {
 			continue
 		}
@@ -222,6 +224,21 @@ func (r *linuxRouter) Set(ctx context.Context, cfg Config) error {
 	r.log.Info("routes set", "interface", cfg.Interface, "ipv4", cfg.RouteIPv4, "ipv6", cfg.RouteIPv6, "block_ipv6", cfg.BlockIPv6,
 		"tunneled", len(cfg.Tunnel), "rules", len(r.rules), "routes", len(r.routes))
 	return nil
+}
+
+// ruleOrder is the keys of rules in priority order, with the gotos
+// (Goto >= 0) after the rest to add them (add) or before it to delete
+// them: a goto must never be in place without its target.
+func ruleOrder(rules map[string]netlink.Rule, add bool) []string {
+	isGoto := func(k string) int {
+		if (rules[k].Goto >= 0) == add {
+			return 1
+		}
+		return 0
+	}
+	return slices.SortedFunc(maps.Keys(rules), func(a, b string) int {
+		return cmp.Or(cmp.Compare(isGoto(a), isGoto(b)), cmp.Compare(rules[a].Priority, rules[b].Priority), strings.Compare(a, b))
+	})
 }
 
 // abortConnections aborts the TCP connections of addresses just deleted
@@ -255,7 +272,8 @@ func (r *linuxRouter) Close() error {
 // table at once instead of into a table being emptied.
 func (r *linuxRouter) teardown() error {
 	var errs []error
-	for k, rule := range r.rules {
+	for _, k := range ruleOrder(r.rules, false) {
+		rule := r.rules[k]
 		if err := r.h.RuleDel(&rule); err != nil && !gone(err) {
 			errs = append(errs, fmt.Errorf("router: delete rule %v: %w", rule, err))
 			continue

@@ -294,14 +294,20 @@ func (d *Daemon) restartError() error {
 
 // shutdown takes the tunnel down when the daemon stops, but keeps the
 // target: stopping the daemon is not the user disconnecting.
+//
+// A stop for a new process (restartErr) that will reconnect keeps the
+// kill switch up, as while connected: systemd starts that process at
+// once, and until it is up nothing must leave in the clear. Lockdown
+// keeps its own rules (and boot ruleset) as on any stop.
 func (d *Daemon) shutdown() {
 	d.mu.Lock()
 	gen, _ := d.supersedeLocked()
 	d.cancelGen()
 	d.setStatusLocked(func(st *control.Status) { st.State = control.StateDisconnecting })
+	meantUp := d.restartErr != nil && d.target.Connected && !d.settings.Lockdown
 	d.mu.Unlock()
 	d.loops.Wait()
-	d.teardown(context.Background(), false)
+	d.teardown(context.Background(), meantUp)
 	d.setStatusIf(gen, func(st *control.Status) { st.State, st.Error = control.StateDisconnected, "" })
 }
 
@@ -711,7 +717,14 @@ const abandonTimeout = 5 * time.Second
 // release closes the current tunnel and removes its routes and DNS.
 // DNS goes first: while it still points at the tunnel's resolvers, their
 // routes must lead into the TUN, not to whatever network has their
-// addresses. Called with op held.
+// addresses. So if DNS cannot be restored, dnsOn and resolving stay, for
+// the next release (or Set) to try again, and so do the routes: the
+// system may still name a resolver (an exit's private 10.64.0.1, say)
+// that the main table would reach on the LAN in the clear, and the
+// router has no routes for the resolvers alone. Lookups, and the rest,
+// go into the TUN, where nobody reads them, until then. Only a stop for
+// a new process (dns.ErrNeedsRestart), whose start restores the DNS,
+// removes them anyway. Called with op held.
 func (d *Daemon) release(ctx context.Context) {
 	d.mu.Lock()
 	cur := d.cur
@@ -723,7 +736,8 @@ func (d *Daemon) release(ctx context.Context) {
 	}
 	if dnsOn {
 		if err := d.cfg.DNS.Restore(); err != nil && !d.needsRestart(err) {
-			d.log.Warn("restoring DNS", "err", err)
+			d.log.Error("restoring DNS; the routes stay, keeping its resolvers in the tunnel, until it can be restored", "err", err)
+			return
 		}
 		d.mu.Lock()
 		d.dnsOn, d.resolving = false, nil

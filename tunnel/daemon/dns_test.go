@@ -470,3 +470,49 @@ func TestConnectAnonymousUsesExitDNS(t *testing.T) {
 		t.Fatalf("DNS %+v %v, want the exit's %v", c, ok, want)
 	}
 }
+
+// A Restore that fails keeps DNS counted as on and the resolvers' routes
+// into the TUN: the system may still name the exit's resolver, which the
+// main table would reach in the clear. The next release tries again and,
+// once DNS is restored, removes the routes.
+func TestFailedRestoreKeepsResolversInTheTunnel(t *testing.T) {
+	r := newRig(t, "", "")
+	r.watching(t)
+	r.connect(t)
+	up, _ := r.rt.Current()
+	if len(up.Tunnel) == 0 {
+		t.Fatalf("no resolver in the tunnel: %+v", up)
+	}
+	dnsOn := func() bool {
+		r.d.mu.Lock()
+		defer r.d.mu.Unlock()
+		return r.d.dnsOn
+	}
+
+	r.dc.SetErr(errors.New("resolv.conf: device or resource busy"))
+	if err := r.d.Disconnect(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	now, _ := r.rt.Current()
+	if !slices.Equal(now.Tunnel, up.Tunnel) || !now.RouteIPv4 {
+		t.Fatalf("routes after a failed Restore %+v, want the resolvers %v kept in the tunnel", now, up.Tunnel)
+	}
+	if !dnsOn() {
+		t.Fatal("DNS counted as restored")
+	}
+	if _, set := r.dc.Current(); !set {
+		t.Fatal("the fake lost its DNS")
+	}
+
+	r.dc.SetErr(nil)
+	if err := r.d.Disconnect(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if _, set := r.dc.Current(); set || dnsOn() {
+		t.Fatalf("DNS not restored on the retry: set %v, dnsOn %v", set, dnsOn())
+	}
+	cfgs := r.rt.Configs()
+	if last := cfgs[len(cfgs)-1]; len(last.Tunnel) != 0 || last.RouteIPv4 || len(last.Addresses) != 0 {
+		t.Fatalf("routes left after DNS was restored: %+v", last)
+	}
+}

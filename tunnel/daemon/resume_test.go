@@ -1,7 +1,9 @@
 package daemon
 
 import (
+	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -111,4 +113,48 @@ func TestResumeAndClocksReconnectOnce(t *testing.T) {
 	})
 	r.untilState(t, control.StateConnected)
 	connected(4)
+}
+
+// flakySleep fails its first fails Resumed calls as down (a Fake with
+// Err: no bus or logind yet), then serves them with up.
+type flakySleep struct {
+	down, up *sleep.Fake
+	fails    atomic.Int32
+	calls    atomic.Int32
+}
+
+func (f *flakySleep) Resumed(ctx context.Context) (<-chan struct{}, error) {
+	if f.calls.Add(1) <= f.fails.Load() {
+		return f.down.Resumed(ctx)
+	}
+	return f.up.Resumed(ctx)
+}
+
+// Without the bus or logind at start, the daemon subscribes again, with
+// a growing wait, until it can, and then hears resumes.
+func TestResubscribeToResumesWhenFirstFails(t *testing.T) {
+	f := &flakySleep{down: &sleep.Fake{Err: errors.New("sleep: connect to D-Bus: no such file or directory")}, up: &sleep.Fake{}}
+	f.fails.Store(3)
+	r := newRig(t, "", "", func(c *Config) {
+		c.Sleep = f
+		c.Reconnect.sleepRetryMin = time.Millisecond
+		c.Reconnect.sleepRetryMax = 4 * time.Millisecond
+	})
+	r.watching(t)
+	deadline := time.Now().Add(10 * time.Second)
+	for !f.up.Watched() {
+		if time.Now().After(deadline) {
+			t.Fatalf("never subscribed again; %d tries", f.calls.Load())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if n := f.calls.Load(); n != 4 {
+		t.Fatalf("%d tries, want 4", n)
+	}
+	r.connect(t)
+	if !f.up.Resume() {
+		t.Fatal("the resume was not taken")
+	}
+	r.untilState(t, control.StateReconnecting)
+	r.untilState(t, control.StateConnected)
 }

@@ -44,6 +44,11 @@ type ReconnectConfig struct {
 	// doubles from one to the other; a network change starts over.
 	// Defaults 1 s and 30 s.
 	RetryMin, RetryMax time.Duration
+
+	// sleepRetryMin and sleepRetryMax bound the wait between tries to
+	// subscribe to resumes from sleep, should the first fail (the bus or
+	// logind not up yet); defaults 1 s and 60 s. Tests shorten them.
+	sleepRetryMin, sleepRetryMax time.Duration
 }
 
 func (c ReconnectConfig) withDefaults() ReconnectConfig {
@@ -60,6 +65,9 @@ func (c ReconnectConfig) withDefaults() ReconnectConfig {
 	def(&c.RetryMin, time.Second)
 	def(&c.RetryMax, 30*time.Second)
 	c.RetryMax = max(c.RetryMax, c.RetryMin)
+	def(&c.sleepRetryMin, time.Second)
+	def(&c.sleepRetryMax, time.Minute)
+	c.sleepRetryMax = max(c.sleepRetryMax, c.sleepRetryMin)
 	return c
 }
 
@@ -172,14 +180,34 @@ func (d *Daemon) watch(ctx context.Context) {
 			changes = ch
 		}
 	}
+	// Resumes from sleep: if subscribing fails (the bus or logind is not
+	// up yet at boot), it is tried again, waiting from sleepRetryMin
+	// doubling to sleepRetryMax, until it works or ctx ends.
 	var resumes <-chan struct{}
-	if d.cfg.Sleep != nil {
+	var resubscribe <-chan time.Time
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	defer retry.Stop()
+	wait := d.rc.sleepRetryMin
+	subscribe := func() {
 		ch, err := d.cfg.Sleep.Resumed(ctx)
 		if err != nil {
-			d.log.Warn("not told of resumes from sleep; the clocks still show long sleeps", "err", err)
-		} else {
-			resumes = ch
+			if ctx.Err() != nil {
+				return
+			}
+			d.log.Warn("not told of resumes from sleep yet; the clocks still show long sleeps", "err", err, "retry_in", wait)
+			retry.Reset(wait)
+			resubscribe = retry.C
+			wait = min(2*wait, d.rc.sleepRetryMax)
+			return
 		}
+		if wait != d.rc.sleepRetryMin {
+			d.log.Info("told of resumes from sleep now")
+		}
+		resumes = ch
+	}
+	if d.cfg.Sleep != nil {
+		subscribe()
 	}
 	tick := time.NewTicker(d.rc.CheckInterval)
 	defer tick.Stop()
@@ -208,6 +236,9 @@ func (d *Daemon) watch(ctx context.Context) {
 				continue
 			}
 			d.resumed(d.clock.now())
+		case <-resubscribe:
+			resubscribe = nil
+			subscribe()
 		case <-tick.C:
 			d.check(d.clock.now())
 		}
