@@ -397,7 +397,7 @@ func (r *linuxRouter) wantRules(cfg Config) map[string]netlink.Rule {
 			bypassed = true
 		}
 		for _, p := range cfg.AllowLAN {
-			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()).Masked()
+			p = unmapPrefix(p)
 			if p.Addr().Is4() != fam.is4 {
 				continue
 			}
