@@ -168,16 +168,8 @@ func newDNSRig(t *testing.T, settings string, doc *directory.Document) *dnsRig {
 	r.d = d
 	var stop func()
 	r.events, stop = d.Subscribe()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-		stop()
-	})
+	t.Cleanup(stop) // after runDaemon's cleanup has stopped Run
+	runDaemon(t, d)
 	return r
 }
 

@@ -92,15 +92,7 @@ func newGatewayRig(t *testing.T, settings string, open openFunc) (*Daemon, *fake
 	d.dial = fd.dial
 	d.open = open
 	d.clock = &fakeClock{wall: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	runDaemon(t, d)
 	<-d.ready
 	return d, fd, fw
 }
@@ -230,4 +222,19 @@ func TestGatewaysCancelled(t *testing.T) {
 	if gs, err := d.Gateways(ctx); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Gateways = %v, %v; want the deadline's error", gs, err)
 	}
+}
+
+// runDaemon runs d until the test ends, when it stops it and checks that
+// Run returned no error.
+func runDaemon(t *testing.T, d *Daemon) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
 }
